@@ -1,0 +1,162 @@
+"""Stream roles and the batch-row layout of one UNet call.
+
+The latent batch is image-major: for image n the rows are that image's streams in
+``StreamSet.streams`` order (FG_0..FG_{K-1}, BG, BLENDED). A UNet call concatenates one
+chunk per entry of ComfyUI's ``cond_or_uncond`` (0 = positive, 1 = negative), each chunk
+being the whole latent batch (or, in a prior pass, only the FG rows). ``split`` and
+``merge`` are the only functions that slice a call's batch by stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from functools import cached_property
+
+import torch
+
+
+class StreamRole(str, Enum):
+    FG = "fg"
+    BG = "bg"
+    BLENDED = "blended"
+
+
+class Chunk(int, Enum):
+    """ComfyUI's cond_or_uncond codes."""
+
+    POSITIVE = 0
+    NEGATIVE = 1
+
+
+@dataclass(frozen=True)
+class Stream:
+    role: StreamRole
+    index: int = 0  # which foreground, for K > 1 foreground streams
+
+    def __str__(self) -> str:
+        return f"{self.role.value}{self.index}" if self.role is StreamRole.FG else self.role.value
+
+
+@dataclass(frozen=True)
+class StreamSet:
+    """The streams every image of the batch carries, in row order."""
+
+    foregrounds: int = 1
+    blended: bool = True
+
+    def __post_init__(self) -> None:
+        if self.foregrounds < 1:
+            raise ValueError(f"foregrounds: expected >= 1, got {self.foregrounds}")
+
+    @cached_property
+    def streams(self) -> tuple[Stream, ...]:
+        fgs = tuple(Stream(StreamRole.FG, i) for i in range(self.foregrounds))
+        rest = (Stream(StreamRole.BG),) + ((Stream(StreamRole.BLENDED),) if self.blended else ())
+        return fgs + rest
+
+    @property
+    def fg_streams(self) -> tuple[Stream, ...]:
+        return self.streams[: self.foregrounds]
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+
+@dataclass(frozen=True)
+class Row:
+    chunk: Chunk
+    image: int
+    stream: Stream
+
+
+@dataclass(frozen=True)
+class CallLayout:
+    """Maps each row of one UNet call to (chunk, image, stream)."""
+
+    rows: tuple[Row, ...]
+    num_images: int
+
+    @classmethod
+    def for_call(
+        cls,
+        stream_set: StreamSet,
+        cond_or_uncond: list[int] | tuple[int, ...],
+        batch_size: int,
+        fg_only: bool = False,
+    ) -> CallLayout:
+        """Layout of a call whose chunks are ``cond_or_uncond`` and whose batch is ``batch_size``.
+
+        ``fg_only``: each chunk holds only the FG rows of every image (a prior pass).
+        """
+        streams = stream_set.fg_streams if fg_only else stream_set.streams
+        if not cond_or_uncond:
+            raise ValueError("cond_or_uncond: expected at least one chunk, got none")
+        chunks = [Chunk(c) for c in cond_or_uncond]
+        rows_per_chunk, remainder = divmod(batch_size, len(chunks))
+        if remainder or rows_per_chunk % len(streams):
+            raise ValueError(
+                f"UNet call of batch {batch_size} with chunks {list(cond_or_uncond)} does not hold "
+                f"whole images of {len(streams)} streams ({', '.join(map(str, streams))})"
+            )
+        num_images = rows_per_chunk // len(streams)
+        rows = tuple(
+            Row(chunk, image, stream) for chunk in chunks for image in range(num_images) for stream in streams
+        )
+        return cls(rows, num_images)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.rows)
+
+    @cached_property
+    def chunks(self) -> tuple[Chunk, ...]:
+        return tuple(dict.fromkeys(row.chunk for row in self.rows))
+
+    def has_stream(self, stream: Stream) -> bool:
+        return any(row.stream == stream for row in self.rows)
+
+    def indices(self, stream: Stream, chunk: Chunk | None = None) -> list[int]:
+        """Row indices of ``stream`` in (chunk, image) order, optionally of one chunk only."""
+        return [
+            i
+            for i, row in enumerate(self.rows)
+            if row.stream == stream and (chunk is None or row.chunk == chunk)
+        ]
+
+    def role_mask(self, role: StreamRole) -> list[bool]:
+        return [row.stream.role is role for row in self.rows]
+
+    def images_of(self, stream: Stream) -> list[int]:
+        """For each row of ``stream`` (in ``indices`` order), its image index."""
+        return [row.image for row in self.rows if row.stream == stream]
+
+    @cached_property
+    def _index_tensors(self) -> dict[Stream, torch.Tensor]:
+        present = dict.fromkeys(row.stream for row in self.rows)
+        return {s: torch.tensor(self.indices(s), dtype=torch.long) for s in present}
+
+    def index_tensor(self, stream: Stream, device: torch.device) -> torch.Tensor:
+        return self._index_tensors[stream].to(device)
+
+
+def split(x: torch.Tensor, layout: CallLayout) -> dict[Stream, torch.Tensor]:
+    """[B, ...] -> {stream: [chunks * images, ...]} with rows in (chunk, image) order."""
+    if x.shape[0] != layout.batch_size:
+        raise ValueError(f"split: tensor batch {x.shape[0]} does not match the layout's {layout.batch_size}")
+    return {s: x.index_select(0, idx.to(x.device)) for s, idx in layout._index_tensors.items()}
+
+
+def merge(parts: dict[Stream, torch.Tensor], layout: CallLayout) -> torch.Tensor:
+    """Inverse of ``split``: scatter each stream's rows back to their call rows."""
+    any_part = next(iter(parts.values()))
+    out = any_part.new_empty((layout.batch_size, *any_part.shape[1:]))
+    covered = 0
+    for stream, idx in layout._index_tensors.items():
+        if stream not in parts:
+            raise ValueError(f"merge: missing stream {stream}")
+        out.index_copy_(0, idx.to(out.device), parts[stream])
+        covered += idx.numel()
+    if covered != layout.batch_size:
+        raise ValueError(f"merge: covered {covered} rows of {layout.batch_size}")
+    return out

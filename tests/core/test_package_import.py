@@ -1,0 +1,41 @@
+"""The root __init__.py imports without ComfyUI and from a folder whose name has a hyphen."""
+
+import asyncio
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_root_init_imports_without_comfyui(tmp_path):
+    pack = tmp_path / "ComfyUI-LayerFusion"
+    pack.mkdir()
+    shutil.copy(REPO / "__init__.py", pack / "__init__.py")
+    spec = importlib.util.spec_from_file_location("ComfyUI-LayerFusion", pack / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    blocked = {
+        name: sys.modules.pop(name)
+        for name in list(sys.modules)
+        if name == "comfy" or name.startswith("comfy.")
+    }
+    try:
+        spec.loader.exec_module(module)
+        assert module.WEB_DIRECTORY == "./web"
+        assert asyncio.iscoroutinefunction(module.comfy_entrypoint)
+        assert not any(name == "comfy" or name.startswith("comfy.") for name in sys.modules)
+    finally:
+        sys.modules.update(blocked)
+
+
+CORE_MODULES = sorted(p.stem for p in (REPO / "layerfusion_core").glob("*.py") if p.stem != "comfy_runtime")
+
+
+@pytest.mark.parametrize("module", CORE_MODULES)
+def test_core_modules_do_not_import_the_host(module):
+    source = (REPO / "layerfusion_core" / f"{module}.py").read_text()
+    for host in ("import comfy", "from comfy", "folder_paths", "import nodes", "from nodes", "import server"):
+        assert host not in source, f"layerfusion_core/{module}.py mentions {host!r}"
