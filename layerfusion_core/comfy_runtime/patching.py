@@ -1,0 +1,275 @@
+"""Registering LayerFusion on a clone of the caller's ModelPatcher.
+
+- FG weights: each attention projection becomes a row-delta module (object patch), whose
+  FG rows are set per UNet call by a DIFFUSION_MODEL wrapper from ``cond_or_uncond``.
+- Priors: a PREDICT_NOISE wrapper starts each evaluation and runs the FG-only prior pass.
+- Our replace hooks and output patches live only in the model options of the calls we
+  tag (the prior pass, and the sampler's main call, tagged by a CALC_COND_BATCH wrapper),
+  so extra passes of other packs (PAG, SAG, ...) run untouched and keep their own hooks.
+- Per-run state is reset by an ON_PRE_RUN callback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..controller import AttentionCall, LayerFusionController, Phase
+from ..fg_weights import ForegroundWeights, RowDelta, RowSelection, make_row_delta_module
+from ..options import BlockKey, LayerFusionOptions
+from ..sdxl import UNetLayout
+from ..streams import CallLayout, Stream, StreamRole, StreamSet
+
+log = logging.getLogger(__name__)
+
+WRAPPER_KEY = "layerfusion"
+PHASE_KEY = "layerfusion_phase"
+FG = Stream(StreamRole.FG)
+
+
+def _comfy():
+    import comfy.ldm.modules.attention
+    import comfy.model_patcher
+    import comfy.ops
+    import comfy.patcher_extension
+    import comfy.sampler_helpers
+    import comfy.samplers
+
+    return comfy
+
+
+def comfy_weight(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The module's weight and bias as ComfyUI would use them for x (cast, low-VRAM patches)."""
+    comfy = _comfy()
+    if getattr(module, "comfy_cast_weights", False) or getattr(module, "weight_function", None):
+        return comfy.ops.cast_bias_weight(module, x)
+    bias = module.bias.to(x) if module.bias is not None else None
+    return module.weight.to(x), bias
+
+
+class LayerFusionPatch:
+    """Everything one LayerFusion sampling run registers on its model clone."""
+
+    def __init__(
+        self,
+        controller: LayerFusionController,
+        unet: UNetLayout,
+        stream_set: StreamSet,
+        prior_positive: list,
+        window: tuple[float, float],
+    ) -> None:
+        self.controller = controller
+        self.unet = unet
+        self.stream_set = stream_set
+        self.prior_positive = prior_positive  # FG-only positive CONDITIONING (batch N)
+        self.window = window  # (sigma_start, sigma_end): blending is active in between
+        self.rows = RowSelection()
+        self.deltas: list[RowDelta] = []
+        self._replace_cache: dict[tuple, Callable] = {}
+        self._warned_layout = False
+        self.reset()
+
+    def __deepcopy__(self, memo: dict) -> LayerFusionPatch:
+        return self
+
+    def reset(self, *_: Any) -> None:
+        self.controller.reset()
+        self.layout: CallLayout | None = None
+        self.expect_main = False
+        self.processed_prior: list | None = None
+
+    def release(self, *_: Any) -> None:
+        for delta in self.deltas:
+            delta.release()
+        self.rows.indices = None
+        self.processed_prior = None
+
+    # -- registration ------------------------------------------------------------------
+    def register(self, model, weights: ForegroundWeights | None) -> None:
+        """Add the object patches, wrappers and callbacks to ``model`` (a clone)."""
+        comfy = _comfy()
+        if weights is not None and weights.strength != 0:
+            for path, delta in weights.deltas.items():
+                row_delta = RowDelta(delta, weights.strength, weights.application, self.rows, comfy_weight)
+                base = model.get_model_object(f"diffusion_model.{path}")
+                model.add_object_patch(f"diffusion_model.{path}", make_row_delta_module(base, row_delta))
+                self.deltas.append(row_delta)
+        wrappers = comfy.patcher_extension.WrappersMP
+        model.add_wrapper_with_key(wrappers.DIFFUSION_MODEL, WRAPPER_KEY, self._diffusion_model)
+        model.add_wrapper_with_key(wrappers.PREDICT_NOISE, WRAPPER_KEY, self._predict_noise)
+        model.add_wrapper_with_key(wrappers.CALC_COND_BATCH, WRAPPER_KEY, self._calc_cond_batch)
+        callbacks = comfy.patcher_extension.CallbacksMP
+        model.add_callback_with_key(callbacks.ON_PRE_RUN, WRAPPER_KEY, self.reset)
+        model.add_callback_with_key(callbacks.ON_CLEANUP, WRAPPER_KEY, self.release)
+
+    # -- wrappers ----------------------------------------------------------------------
+    def _diffusion_model(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        phase = transformer_options.get(PHASE_KEY)
+        self.layout = self._layout_of(transformer_options.get("cond_or_uncond"), x.shape[0], phase)
+        if self.layout is not None:
+            self.rows.indices = torch.tensor(self.layout.indices(FG), dtype=torch.long, device=x.device)
+        try:
+            return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        finally:
+            self.layout = None
+            self.rows.indices = None
+
+    def _layout_of(self, cond_or_uncond, batch: int, phase) -> CallLayout | None:
+        try:
+            return CallLayout.for_call(
+                self.stream_set, cond_or_uncond or [0], batch, fg_only=phase == Phase.PRIOR
+            )
+        except ValueError as err:
+            if phase is not None:
+                raise
+            if not self._warned_layout:
+                log.warning("LayerFusion: a UNet call from another node has an unexpected batch; %s", err)
+                self._warned_layout = True
+            return None
+
+    def _predict_noise(self, executor, x, timestep, model_options, seed):
+        sigma = float(timestep.reshape(-1)[0])
+        start, end = self.window
+        self.controller.begin_evaluation(active=end <= sigma <= start)
+        if self.controller.uses_prior_pass:
+            self._prior_pass(executor.class_obj, x, timestep, model_options, seed)
+        self.expect_main = True
+        try:
+            return executor(x, timestep, model_options, seed)
+        finally:
+            self.expect_main = False
+
+    def _prior_pass(self, guider, x, timestep, model_options, seed) -> None:
+        """The FG stream alone, conditional rows, phase-tagged: the hooks record the maps."""
+        comfy = _comfy()
+        layout = CallLayout.for_call(self.stream_set, [0], x.shape[0])
+        fg_rows = torch.tensor(layout.indices(FG), device=x.device)
+        x_fg = x.index_select(0, fg_rows)
+        timestep_fg = (
+            timestep.index_select(0, fg_rows.to(timestep.device)) if timestep.numel() > 1 else timestep
+        )
+        model = guider.inner_model
+        if self.processed_prior is None:
+            conds = {"positive": comfy.sampler_helpers.convert_cond(self.prior_positive)}
+            self.processed_prior = comfy.samplers.process_conds(model, x_fg, conds, x.device, seed=seed)[
+                "positive"
+            ]
+        options = self.tagged_options(model_options, Phase.PRIOR)
+        comfy.samplers.calc_cond_batch(model, [self.processed_prior], x_fg, timestep_fg, options)
+
+    def _calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
+        if self.expect_main and model_options.get("transformer_options", {}).get(PHASE_KEY) is None:
+            self.expect_main = False
+            model_options = self.tagged_options(model_options, Phase.MAIN)
+        return executor(model, conds, x_in, timestep, model_options)
+
+    # -- tagged options ----------------------------------------------------------------
+    def tagged_options(self, model_options: dict, phase: Phase) -> dict:
+        """A copy of ``model_options`` tagged with ``phase`` and carrying our hooks."""
+        options = dict(model_options)
+        to = dict(options.get("transformer_options", {}))
+        options["transformer_options"] = to
+        to[PHASE_KEY] = phase
+        replaces = {name: dict(d) for name, d in to.get("patches_replace", {}).items()}
+        to["patches_replace"] = replaces
+        controller = self.controller
+        for block in self.unet.blocks:
+            key = block.key
+            if controller.wants_self_attention(key):
+                self._add_replace(replaces.setdefault("attn1", {}), key, "attn1")
+            if controller.wants_cross_attention(key):
+                self._add_replace(replaces.setdefault("attn2", {}), key, "attn2")
+        if phase is Phase.MAIN and controller.generative:
+            patches = {name: list(p) for name, p in to.get("patches", {}).items()}
+            to["patches"] = patches
+            patches.setdefault("attn1_output_patch", []).append(self._attn1_output)
+            patches.setdefault("attn2_output_patch", []).append(self._attn2_output)
+        return options
+
+    def _add_replace(self, replaces: dict, key: BlockKey, attention: str) -> None:
+        # Another pack's replace for this layer (3- or 2-element key) is called through.
+        previous = replaces.get(key) or replaces.get(key[:2])
+        cache_key = (key, attention, previous)
+        fn = self._replace_cache.get(cache_key)
+        if fn is None:
+            fn = self._replace_cache[cache_key] = self._make_replace(key, attention, previous)
+        replaces[key] = fn
+
+    def _make_replace(self, key: BlockKey, attention: str, previous: Callable | None) -> Callable:
+        controller = self.controller
+        hook = controller.self_attention if attention == "attn1" else controller.cross_attention
+
+        def replace(q, k, v, extra_options):
+            call = self._attention_call(extra_options, key, previous)
+            return hook(q, k, v, call)
+
+        return replace
+
+    def _attention_call(self, extra_options: dict, key: BlockKey, previous: Callable | None) -> AttentionCall:
+        comfy = _comfy()
+        heads = extra_options["n_heads"]
+        precision = extra_options.get("attn_precision")
+
+        def attention(q, k, v, heads_=heads, mask=None):
+            return comfy.ldm.modules.attention.optimized_attention(
+                q, k, v, heads_, mask=mask, attn_precision=precision
+            )
+
+        def call_through(q, k, v):
+            if previous is not None:
+                return previous(q, k, v, extra_options)
+            return attention(q, k, v)
+
+        if self.layout is None:
+            raise RuntimeError("LayerFusion: a tagged attention call arrived without a batch layout")
+        return AttentionCall(
+            phase=Phase(extra_options[PHASE_KEY]),
+            block=key,
+            layout=self.layout,
+            heads=heads,
+            grid=tuple(extra_options["activations_shape"][-2:]),
+            call_through=call_through,
+            attention=attention,
+        )
+
+    def _output_patch(self, out: torch.Tensor, extra_options: dict, attention: str) -> torch.Tensor:
+        block = extra_options.get("block")
+        if block is None:
+            return out
+        key = (block[0], block[1], extra_options.get("block_index", 0))
+        if key not in self.controller.blend_blocks:
+            return out
+        call = self._attention_call(extra_options, key, None)
+        return self.controller.blend_output(out, call, attention)
+
+    def _attn1_output(self, out, extra_options):
+        return self._output_patch(out, extra_options, "attn1")
+
+    def _attn2_output(self, out, extra_options):
+        return self._output_patch(out, extra_options, "attn2")
+
+
+def patch_model(
+    model,
+    weights: ForegroundWeights | None,
+    options: LayerFusionOptions,
+    unet: UNetLayout,
+    stream_set: StreamSet,
+    prior_positive: list,
+    eos_index: torch.Tensor | None,
+):
+    """A clone of ``model`` with LayerFusion registered, and its patch object."""
+    controller = LayerFusionController(options, unet, stream_set, eos_index)
+    sampling = model.get_model_object("model_sampling")
+    blend = options.blend
+    window = (
+        float(sampling.percent_to_sigma(blend.start_percent)),
+        float(sampling.percent_to_sigma(blend.end_percent)),
+    )
+    patch = LayerFusionPatch(controller, unet, stream_set, prior_positive, window)
+    clone = model.clone()
+    patch.register(clone, weights)
+    return clone, patch

@@ -1,0 +1,126 @@
+"""Stacking the FG, BG and BLENDED conditionings along the batch (COMFYUI.md, batch layout).
+
+A ComfyUI CONDITIONING is a list of ``[tensor [1, T, C], dict]`` entries. We accept one
+entry per stream, pad token lengths by repetition to their least common multiple (which
+leaves attention unchanged, unlike zero padding), and stack image-major so row
+``n * S + s`` carries stream ``s`` of image ``n``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .streams import StreamRole, StreamSet
+
+log = logging.getLogger(__name__)
+
+EOS_KEY = "layerfusion_eos_index"
+SIZE_KEYS = ("width", "height", "crop_w", "crop_h", "target_width", "target_height")
+STACKABLE_KEYS = frozenset({"pooled_output", EOS_KEY, *SIZE_KEYS})
+
+Conditioning = list[list[Any]]
+
+
+def _single_entry(name: str, conditioning: Conditioning) -> tuple[torch.Tensor, dict[str, Any]]:
+    if not isinstance(conditioning, list) or not conditioning:
+        raise ValueError(
+            f"{name}: expected a CONDITIONING (a non-empty list of entries), got {type(conditioning).__name__}"
+        )
+    if len(conditioning) != 1:
+        raise ValueError(
+            f"{name}: expected one conditioning entry, got {len(conditioning)} (combined or concatenated "
+            "conditionings cannot be stacked per stream yet; encode one prompt per input)"
+        )
+    tensor, extras = conditioning[0]
+    if tensor.ndim != 3 or tensor.shape[0] != 1:
+        raise ValueError(
+            f"{name}: expected a conditioning tensor [1, tokens, channels], got {list(tensor.shape)}"
+        )
+    unsupported = sorted(k for k in extras if k not in STACKABLE_KEYS)
+    if unsupported:
+        raise ValueError(
+            f"{name}: cannot stack conditioning key(s) {', '.join(unsupported)} per stream yet "
+            f"(supported: {', '.join(sorted(STACKABLE_KEYS))}); remove area/mask/ControlNet/hooks/timestep "
+            "settings from this input"
+        )
+    return tensor, extras
+
+
+def repeat_to_tokens(tensor: torch.Tensor, tokens: int) -> torch.Tensor:
+    """[1, T, C] -> [1, tokens, C] by repeating the whole sequence (tokens % T == 0)."""
+    return tensor.repeat(1, tokens // tensor.shape[1], 1)
+
+
+def eos_index_of(conditioning: Conditioning) -> int | None:
+    """The FG prompt's global EOS index recorded by our encode node, or None."""
+    value = conditioning[0][1].get(EOS_KEY) if conditioning else None
+    return None if value is None else int(value)
+
+
+def stack_conditionings(
+    streams: dict[StreamRole, Conditioning],
+    stream_set: StreamSet,
+    num_images: int,
+) -> Conditioning:
+    """One positive CONDITIONING whose batch rows follow the stream layout.
+
+    ``streams`` maps FG, BG (and BLENDED when the stream set has it) to one-entry
+    conditionings, named by role in error messages.
+    """
+    roles = [s.role for s in stream_set.streams]
+    entries = {
+        role: _single_entry(f"{role.value} conditioning", streams[role]) for role in dict.fromkeys(roles)
+    }
+    widths = {role: t.shape[2] for role, (t, _) in entries.items()}
+    if len(set(widths.values())) != 1:
+        raise ValueError(
+            f"conditionings have different channel widths: { {r.value: w for r, w in widths.items()} }"
+        )
+    tokens = math.lcm(*(t.shape[1] for t, _ in entries.values()))
+    rows = [repeat_to_tokens(entries[role][0], tokens) for role in roles]
+    stacked = torch.cat(rows, dim=0).repeat(num_images, 1, 1)
+
+    fg_extras = entries[StreamRole.FG][1]
+    extras: dict[str, Any] = {}
+    pooled = [entries[role][1].get("pooled_output") for role in roles]
+    if any(p is not None for p in pooled):
+        if any(p is None for p in pooled):
+            missing = [role.value for role, p in zip(roles, pooled, strict=True) if p is None]
+            raise ValueError(f"conditioning of {', '.join(missing)} has no pooled_output while the others do")
+        extras["pooled_output"] = torch.cat(pooled, dim=0).repeat(num_images, 1)
+    for key in SIZE_KEYS:
+        if key in fg_extras:
+            extras[key] = fg_extras[key]
+        differing = [r.value for r, (_, e) in entries.items() if key in e and e[key] != fg_extras.get(key)]
+        if differing:
+            log.warning(
+                "LayerFusion: %s of %s differs from the FG conditioning; using FG's",
+                key,
+                ", ".join(differing),
+            )
+    return [[stacked, extras]]
+
+
+def fg_only_conditioning(fg: Conditioning, num_images: int) -> Conditioning:
+    """The FG conditioning at batch ``num_images`` (the prior pass's positive)."""
+    tensor, extras = _single_entry("fg conditioning", fg)
+    out = {k: v for k, v in extras.items() if k != EOS_KEY}
+    if "pooled_output" in out:
+        out["pooled_output"] = out["pooled_output"].repeat(num_images, 1)
+    return [[tensor.repeat(num_images, 1, 1), out]]
+
+
+def eos_per_image(fg: Conditioning, num_images: int) -> torch.Tensor | None:
+    index = eos_index_of(fg)
+    return None if index is None else torch.full((num_images,), index, dtype=torch.long)
+
+
+def check_roles(streams: dict[StreamRole, Conditioning], required: Sequence[StreamRole]) -> None:
+    missing = [r.value for r in required if streams.get(r) is None]
+    if missing:
+        raise ValueError(f"missing conditioning for {', '.join(missing)}")

@@ -1,0 +1,94 @@
+"""Host-test harness: every test in tests/host runs against a real ComfyUI, imported in library
+mode, or is skipped with one line saying why.
+
+Where ComfyUI is looked for (first hit wins):
+  1. ``$COMFYUI_PATH`` - if set but not a ComfyUI root, host tests skip with that reason
+     (no silent fallback to another checkout);
+  2. the ComfyUI that holds this pack, when the repo sits in ``<ComfyUI>/custom_nodes/``;
+  3. ``~/ComfyUI``.
+``LAYERFUSION_REQUIRE_COMFYUI=1`` turns the skip into a failure (for CI that must test the host).
+``LAYERFUSION_TEST_THREADS`` sets torch's intra-op threads during host tests (default 1: on a
+small, shared CPU machine multi-threaded tiny ops run 20x slower, and results stay reproducible).
+
+Fixtures: comfy_host, pack, tiny_sdxl, make_tiny_sdxl, forced_split (see each docstring).
+Helpers that are not fixtures live in ``support.comfy_host``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from support import comfy_host as ch
+
+ENV_REQUIRE = "LAYERFUSION_REQUIRE_COMFYUI"
+ENV_THREADS = "LAYERFUSION_TEST_THREADS"
+
+_skip_reason: list[str] = []
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get(ENV_REQUIRE, "") not in ("", "0"):
+        pytest.fail(f"{ENV_REQUIRE} is set but ComfyUI is unavailable: {reason}", pytrace=False)
+    if not _skip_reason:
+        _skip_reason.append(reason)
+    pytest.skip(f"ComfyUI host tests skipped: {reason}")
+
+
+@pytest.fixture(scope="session")
+def comfy_host(tmp_path_factory: pytest.TempPathFactory) -> ch.ComfyHost:
+    """ComfyUI imported in library mode (CPU), with its input/output/temp folders moved to a
+    session scratch folder. Attributes: root, how, version, nodes, folder_paths,
+    model_management, model_patcher, patcher_extension, sample, samplers, sampler_helpers,
+    supported_models, latent_preview, attention (comfy.ldm.modules.attention), io, ui,
+    ComfyExtension."""
+    try:
+        host = ch.import_comfyui(ch.find_comfyui())
+    except ch.ComfyUIUnavailable as exc:
+        _unavailable(str(exc))
+    host.use_scratch_folders(tmp_path_factory.mktemp("comfyui"))
+    return host
+
+
+@pytest.fixture(autouse=True)
+def _host_test_environment(comfy_host: ch.ComfyHost) -> Iterator[None]:
+    """Every host test needs ComfyUI (else it skips) and runs with few torch threads."""
+    with ch.torch_threads(int(os.environ.get(ENV_THREADS, "1"))):
+        yield
+
+
+@pytest.fixture(scope="session")
+def pack(comfy_host: ch.ComfyHost) -> ch.LoadedPack:
+    """This repository loaded through ComfyUI's own ``nodes.load_custom_node`` (as ComfyUI does
+    at startup for custom_nodes/). ``pack.node("LayerFusionX")`` gives the registered class,
+    ``pack.node_ids`` all ids, ``pack.module`` the loaded root module. A failed load raises
+    PackLoadError carrying ComfyUI's warning (the loader itself only logs)."""
+    return ch.load_pack(comfy_host, ch.REPO_ROOT)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_sdxl(comfy_host: ch.ComfyHost) -> Callable[..., Any]:
+    """Factory ``make_tiny_sdxl(seed=0) -> ModelPatcher``: a fresh tiny random SDXL model."""
+    return ch.build_tiny_sdxl
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(make_tiny_sdxl: Callable[..., Any]) -> Any:
+    """One tiny random SDXL ModelPatcher (seed 0) shared by the session: ``.clone()`` it before
+    adding patches or wrappers."""
+    return make_tiny_sdxl(0)
+
+
+@pytest.fixture
+def forced_split(comfy_host: ch.ComfyHost) -> Iterator[None]:
+    """While active, ComfyUI's cond batching sees almost no free memory, so cond and uncond
+    go into separate UNet calls (negative first), as on a GPU short of memory."""
+    with ch.low_free_memory():
+        yield
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _skip_reason:
+        terminalreporter.write_line(f"tests/host skipped: {_skip_reason[0]}")
