@@ -70,14 +70,14 @@ def shared_attention(
     [P, 1, 2T] tensor broadcast over heads and queries. Returns (out_blend, out_bg).
     """
     mode = SharingMode(mode)
-    if mode is SharingMode.OFF:
+    if mode == SharingMode.OFF:
         return attention(q_blend, k_blend, v_blend, heads), attention(q_bg, k_bg, v_bg, heads)
     k_shared = torch.cat([k_blend, k_bg], dim=1)
     v_shared = torch.cat([v_blend, v_bg], dim=1)
     out_blend = attention(q_blend, k_shared, v_shared, heads)
-    if mode is SharingMode.ONE_DIRECTIONAL:
+    if mode == SharingMode.ONE_DIRECTIONAL:
         return out_blend, attention(q_bg, k_bg, v_bg, heads)
-    if mode is SharingMode.BIDIRECTIONAL:
+    if mode == SharingMode.BIDIRECTIONAL:
         return out_blend, attention(q_bg, k_shared, v_shared, heads)
     if hard is None:
         raise ValueError("shared_attention: the masked mode needs the hard mask")

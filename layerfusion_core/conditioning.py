@@ -124,3 +124,23 @@ def check_roles(streams: dict[StreamRole, Conditioning], required: Sequence[Stre
     missing = [r.value for r in required if streams.get(r) is None]
     if missing:
         raise ValueError(f"missing conditioning for {', '.join(missing)}")
+
+
+CLIP_WINDOW = 77
+
+
+def eos_index_from_windows(windows: Sequence[Sequence[Any]], end_token: int) -> int | None:
+    """Global index of the prompt's first end-of-text token in the context tokens.
+
+    ``windows``: the tokenizer's 77-token windows of (token, weight[, word id]) tuples. A
+    long prompt spans several windows and the EOS sits in the last one: the index is
+    77 * (windows - 1) + its position there. None when no end token is found.
+    """
+    if not windows:
+        return None
+    last = windows[-1]
+    for position, item in enumerate(last):
+        token = item[0] if isinstance(item, (tuple, list)) else item
+        if position > 0 and isinstance(token, int) and token == end_token:
+            return CLIP_WINDOW * (len(windows) - 1) + position
+    return None

@@ -95,7 +95,7 @@ class LayerFusionController:
                 f"(last is {'.'.join(map(str, unet.last_block.key))})"
             )
         blend = options.blend
-        self.generative = blend.mode is BlendMode.GENERATIVE and stream_set.blended
+        self.generative = blend.mode == BlendMode.GENERATIVE and stream_set.blended
         self.blend_blocks = frozenset(b.key for b in unet.blocks if blend.layers.contains(b.key))
         self.content_blocks = self.blend_blocks | {self.structure_block}
         self.sharing = blend.sharing if self.generative else SharingMode.OFF
@@ -120,21 +120,21 @@ class LayerFusionController:
     @property
     def uses_prior_pass(self) -> bool:
         return self.generative and (
-            self.options.prior.timing is PriorTiming.PRIOR_PASS or self.state.previous is None
+            self.options.prior.timing == PriorTiming.PRIOR_PASS or self.state.previous is None
         )
 
     @property
     def records_in_main(self) -> bool:
         """Maps come from the main call's FG rows (previous timing, or alpha mode)."""
-        return not self.generative or self.options.prior.timing is PriorTiming.PREVIOUS
+        return not self.generative or self.options.prior.timing == PriorTiming.PREVIOUS
 
     def _maps_in_use(self) -> tuple[Maps | None, Maps | None]:
         """(structure source, content source) for this evaluation's masks."""
         state = self.state
-        if self.options.prior.timing is PriorTiming.PREVIOUS and state.previous is not None:
+        if self.options.prior.timing == PriorTiming.PREVIOUS and state.previous is not None:
             return state.previous, state.previous
         content = state.recording
-        if self.options.prior.content_timing is ContentTiming.PREVIOUS and state.previous is not None:
+        if self.options.prior.content_timing == ContentTiming.PREVIOUS and state.previous is not None:
             content = state.previous
         return state.recording, content
 
@@ -185,7 +185,7 @@ class LayerFusionController:
     def _recording_rows(self, call: AttentionCall) -> list[int] | None:
         """Rows whose attention feeds the priors in this call: all rows of a prior pass,
         the FG positive rows of a main call when maps are recorded there."""
-        if call.phase is Phase.PRIOR:
+        if call.phase == Phase.PRIOR:
             return list(range(call.layout.batch_size))
         if self.records_in_main and Chunk.POSITIVE in call.layout.chunks:
             return call.layout.indices(FG, Chunk.POSITIVE)
@@ -233,10 +233,10 @@ class LayerFusionController:
         rows = self._recording_rows(call) if call.block == self.structure_block else None
         if rows:
             self._record_sparsity(call, rows, q, k)
-        if call.phase is not Phase.MAIN or not self._shares(call):
+        if call.phase != Phase.MAIN or not self._shares(call):
             return call.call_through(q, k, v)
         masks = self.masks_for(call.block, call.grid)
-        if self.sharing is SharingMode.MASKED and masks is None:
+        if self.sharing == SharingMode.MASKED and masks is None:
             return call.call_through(q, k, v)
         return self._shared_self_attention(q, k, v, call, None if masks is None else masks[1])
 
@@ -251,7 +251,7 @@ class LayerFusionController:
 
     def blend_output(self, out: torch.Tensor, call: AttentionCall, attention: str) -> torch.Tensor:
         """attn1/attn2 output patch (after to_out): Eq. 1 and Eq. 2 between FG and BLENDED."""
-        if call.phase is not Phase.MAIN or not self._blends(call, attention):
+        if call.phase != Phase.MAIN or not self._blends(call, attention):
             return out
         masks = self.masks_for(call.block, call.grid)
         if masks is None:
@@ -264,7 +264,7 @@ class LayerFusionController:
     # -- policy helpers ----------------------------------------------------------------
     def wants_self_attention(self, block: BlockKey) -> bool:
         return block == self.structure_block or (
-            self.sharing is not SharingMode.OFF and block in self.blend_blocks
+            self.sharing != SharingMode.OFF and block in self.blend_blocks
         )
 
     def wants_cross_attention(self, block: BlockKey) -> bool:
@@ -276,7 +276,7 @@ class LayerFusionController:
         return self.generative and wanted and self.state.active and call.block in self.blend_blocks
 
     def _shares(self, call: AttentionCall) -> bool:
-        return self.sharing is not SharingMode.OFF and self.state.active and call.block in self.blend_blocks
+        return self.sharing != SharingMode.OFF and self.state.active and call.block in self.blend_blocks
 
     @staticmethod
     def _per_row(mask: torch.Tensor, layout: CallLayout, stream: Stream) -> torch.Tensor:
@@ -294,7 +294,7 @@ class LayerFusionController:
     ) -> torch.Tensor:
         layout = call.layout
         qs, ks, vs = split(q, layout), split(k, layout), split(v, layout)
-        out = {s: call.call_through(qs[s], ks[s], vs[s]) for s in qs if s.role is StreamRole.FG}
+        out = {s: call.call_through(qs[s], ks[s], vs[s]) for s in qs if s.role == StreamRole.FG}
         hard_rows = None if hard is None else self._per_row(hard, layout, BG)
         out[BLENDED], out[BG] = shared_attention(
             qs[BLENDED], ks[BLENDED], vs[BLENDED], qs[BG], ks[BG], vs[BG], call.heads, self.sharing,

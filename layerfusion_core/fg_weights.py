@@ -1,23 +1,22 @@
-"""LayerDiffuse foreground weights: parse, validate, and apply to selected batch rows only.
+"""LayerDiffuse foreground weights: parse and validate.
 
 Two file formats (LAYERDIFFUSE.md):
 - ``layer_xl_transparent_attn``: a LoRA, ``diffusion_model.<ldm path>.weight::lora::0/1``
   (up [out, r], down [r, in]; order detected by shape), optional ``::lora::2`` alpha.
 - ``ld_diffusers_sdxl_attn``: full additive offsets under diffusers names
   (``<diffusers path>.weight``, optional ``.bias`` of ``to_out.0``).
-Both are validated against a ``UNetLayout`` (``sdxl.SDXL`` for users' files). The delta
-reaches only the rows selected by a ``RowSelection`` (see ``RowDeltaLinear``).
+Both are validated against a ``UNetLayout`` (``sdxl.SDXL`` for users' files); ``fg_rows``
+applies them to the FG rows of a batch only.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .options import WeightApplication
 from .sdxl import SDXL, Projection, UNetLayout
@@ -222,129 +221,3 @@ def _parse_offsets(sd: Mapping[str, torch.Tensor], layout: UNetLayout) -> dict[s
     ]
     _raise_problems("diffusers offsets", unknown, misshaped)
     return {p: Offset(w, biases.get(p)) for p, w in weights.items()}
-
-
-class RowSelection:
-    """Which rows of the current call get the FG delta; set per UNet call by the host.
-
-    ``indices`` is None when no row is selected (the module then behaves like its base).
-    """
-
-    def __init__(self) -> None:
-        self.indices: torch.Tensor | None = None
-
-    def __deepcopy__(self, memo: dict) -> RowSelection:
-        return self
-
-
-WeightGetter = Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
-
-
-def plain_weight(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The module's weight and bias on x's device and dtype."""
-    bias = module.bias.to(x) if module.bias is not None else None
-    return module.weight.to(x), bias
-
-
-class RowDelta:
-    """The FG delta of one projection, applied to selected rows of its output."""
-
-    def __init__(
-        self,
-        delta: LoraFactors | Offset,
-        strength: float,
-        application: WeightApplication,
-        selection: RowSelection,
-        weight_getter: WeightGetter = plain_weight,
-    ) -> None:
-        self.delta = delta
-        self.strength = strength
-        self.application = WeightApplication(application)
-        self.selection = selection
-        self.weight_getter = weight_getter
-        self._cache: dict[tuple, torch.Tensor] = {}
-
-    def _tensor(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        key = (name, like.device, like.dtype)
-        cached = self._cache.get(key)
-        if cached is None:
-            cached = self._cache[key] = t.to(device=like.device, dtype=like.dtype)
-        return cached
-
-    def _merged_weight(
-        self, module: torch.nn.Module, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        weight, bias = self.weight_getter(module, x)
-        # Keyed on the live weight (its storage and version) so a weight patched after the
-        # cache was filled (another LoRA, a reload) is never served stale.
-        key = ("merged", weight.data_ptr(), weight._version, weight.device, weight.dtype)
-        cached = self._cache.get(key)
-        if cached is None:
-            for k in [k for k in self._cache if k[0] == "merged"]:
-                del self._cache[k]
-            merged = weight.float() + self.strength * self.delta.dense().to(weight.device)
-            cached = self._cache[key] = merged.to(weight.dtype)
-        if isinstance(self.delta, Offset) and self.delta.bias is not None:
-            extra = self.strength * self.delta.bias.to(x)
-            bias = extra if bias is None else bias + extra
-        return cached, bias
-
-    def apply(self, module: torch.nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """``out`` = base(x) for all rows; returns it with the FG rows given the delta."""
-        rows = self.selection.indices
-        if rows is None or rows.numel() == 0 or self.strength == 0:
-            return out
-        rows = rows.to(x.device)
-        x_rows = x.index_select(0, rows)
-        if self.application is WeightApplication.MERGED:
-            weight, bias = self._merged_weight(module, x)
-            return out.index_copy(0, rows, F.linear(x_rows, weight, bias))
-        if isinstance(self.delta, LoraFactors):
-            down = self._tensor("down", self.delta.down, x)
-            up = self._tensor("up", self.delta.up, x)
-            extra = F.linear(F.linear(x_rows, down), up) * (self.strength * self.delta.scale)
-        else:
-            weight = self._tensor("weight", self.delta.weight, x)
-            bias = None if self.delta.bias is None else self._tensor("bias", self.delta.bias, x)
-            extra = F.linear(x_rows, weight, bias) * self.strength
-        return out.index_add(0, rows, extra.to(out.dtype))
-
-    def release(self) -> None:
-        """Drop device copies (end of a sampling run)."""
-        self._cache.clear()
-
-
-_ROW_CLASSES: dict[type, type] = {}
-
-
-def row_delta_class(base_cls: type[torch.nn.Module]) -> type[torch.nn.Module]:
-    """A subclass of ``base_cls`` whose forward adds ``self.layerfusion_delta`` to selected rows.
-
-    Subclassing (rather than wrapping) keeps the module's own weight handling (ComfyUI's
-    casting, low-VRAM weight functions, weight patches by module path) working unchanged.
-    """
-    cls = _ROW_CLASSES.get(base_cls)
-    if cls is None:
-
-        def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            out = base_cls.forward(self, x, *args, **kwargs)
-            return self.layerfusion_delta.apply(self, x, out)
-
-        cls = type(f"LayerFusionRows{base_cls.__name__}", (base_cls,), {"forward": forward})
-        _ROW_CLASSES[base_cls] = cls
-    return cls
-
-
-def make_row_delta_module(base: torch.nn.Module, delta: RowDelta) -> torch.nn.Module:
-    """A new module sharing ``base``'s parameters and buffers, adding ``delta`` to selected rows.
-
-    ``base`` itself is left untouched (its parameter dicts are copied, not shared), so the
-    caller's model is unchanged when the new module is swapped in on a clone.
-    """
-    module = row_delta_class(type(base)).__new__(row_delta_class(type(base)))
-    module.__dict__.update(base.__dict__)
-    module._parameters = dict(base._parameters)
-    module._buffers = dict(base._buffers)
-    module._modules = dict(base._modules)
-    module.layerfusion_delta = delta
-    return module

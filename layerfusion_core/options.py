@@ -67,6 +67,13 @@ class WeightApplication(str, Enum):
 LAYER_GROUPS = ("input", "middle", "output")
 
 
+def _coerce_enums(obj, **fields: type[Enum]) -> None:
+    """Store enum members for fields given as plain strings (widget values, saved
+    workflows) or as members of another copy of this module (compared by value)."""
+    for name, enum in fields.items():
+        object.__setattr__(obj, name, enum(getattr(obj, name)))
+
+
 @dataclass(frozen=True)
 class LayerSet:
     """Which transformer blocks blend (and share), and at which attention.
@@ -123,6 +130,10 @@ class PriorOptions:
     chunk_size: int = 1024  # query rows per chunk of the structure prior
 
     def __post_init__(self) -> None:
+        _coerce_enums(
+            self, formula=SparsityFormula, orientation=PriorOrientation, timing=PriorTiming,
+            content_timing=ContentTiming,
+        )  # fmt: skip
         if self.structure_layer != "last":
             _, blocks = parse_layer_spec(self.structure_layer)
             if len(blocks) != 1:
@@ -150,6 +161,7 @@ class BlendOptions:
     sharing_epsilon: float = 1e-6  # eps of the log(1 - M_hard + eps) key bias
 
     def __post_init__(self) -> None:
+        _coerce_enums(self, mode=BlendMode, sharing=SharingMode)
         if not 0.0 <= self.start_percent <= self.end_percent <= 1.0:
             raise ValueError(
                 "start_percent/end_percent: expected 0 <= start <= end <= 1, got "

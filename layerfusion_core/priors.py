@@ -64,7 +64,7 @@ def sparsity_score(
             mean = probs if mean is None else mean.add_(probs)
             del probs
         mean.div_(heads)
-        if formula is SparsityFormula.SUM_OF_SQUARES:
+        if formula == SparsityFormula.SUM_OF_SQUARES:
             scores.append(mean.square().sum(dim=-1))
         else:
             scores.append(torch.special.xlogy(mean, mean).sum(dim=-1))
@@ -74,9 +74,9 @@ def sparsity_score(
 def orient(normalised_sparsity: torch.Tensor, orientation: PriorOrientation) -> torch.Tensor:
     """minmax(s) -> s': DENSE gives 1 - minmax(s) (dense rows high), SPARSE gives minmax(s)."""
     orientation = PriorOrientation(orientation)
-    if orientation is PriorOrientation.AUTO:
+    if orientation == PriorOrientation.AUTO:
         raise ValueError("orient: AUTO must be resolved to dense or sparse first (OrientationVote)")
-    if orientation is PriorOrientation.DENSE:
+    if orientation == PriorOrientation.DENSE:
         return 1.0 - normalised_sparsity
     return normalised_sparsity
 
@@ -187,7 +187,7 @@ class OrientationVote:
         self._requested = orientation
         self._needed = evaluations
         self._votes: list[PriorOrientation] = []
-        self.decided: PriorOrientation | None = None if orientation is PriorOrientation.AUTO else orientation
+        self.decided: PriorOrientation | None = None if orientation == PriorOrientation.AUTO else orientation
 
     def observe(self, normalised_sparsity: torch.Tensor, content: torch.Tensor) -> None:
         if self.decided is not None:

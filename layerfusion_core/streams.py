@@ -35,7 +35,7 @@ class Stream:
     index: int = 0  # which foreground, for K > 1 foreground streams
 
     def __str__(self) -> str:
-        return f"{self.role.value}{self.index}" if self.role is StreamRole.FG else self.role.value
+        return f"{self.role.value}{self.index}" if self.role == StreamRole.FG else self.role.value
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class CallLayout:
         ]
 
     def role_mask(self, role: StreamRole) -> list[bool]:
-        return [row.stream.role is role for row in self.rows]
+        return [row.stream.role == role for row in self.rows]
 
     def images_of(self, stream: Stream) -> list[int]:
         """For each row of ``stream`` (in ``indices`` order), its image index."""

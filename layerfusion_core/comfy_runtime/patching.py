@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ..controller import AttentionCall, LayerFusionController, Phase
-from ..fg_weights import ForegroundWeights, RowDelta, RowSelection, make_row_delta_module
+from ..fg_rows import RowDelta, RowSelection, make_row_delta_module
+from ..fg_weights import ForegroundWeights
 from ..options import BlockKey, LayerFusionOptions
 from ..sdxl import UNetLayout
 from ..streams import CallLayout, Stream, StreamRole, StreamSet
@@ -182,7 +183,7 @@ class LayerFusionPatch:
                 self._add_replace(replaces.setdefault("attn1", {}), key, "attn1")
             if controller.wants_cross_attention(key):
                 self._add_replace(replaces.setdefault("attn2", {}), key, "attn2")
-        if phase is Phase.MAIN and controller.generative:
+        if phase == Phase.MAIN and controller.generative:
             patches = {name: list(p) for name, p in to.get("patches", {}).items()}
             to["patches"] = patches
             patches.setdefault("attn1_output_patch", []).append(self._attn1_output)

@@ -106,7 +106,7 @@ def sample_triplet(
     unet = model_unet_layout(model)
     if weights is not None:
         weights.check_fits(unet)
-    generative = options.blend.mode is BlendMode.GENERATIVE
+    generative = options.blend.mode == BlendMode.GENERATIVE
     if not generative:
         log.info("LayerFusion: alpha blending mode: the BLENDED stream is not sampled; its latent repeats BG")
     stream_set = StreamSet(foregrounds=1, blended=generative)

@@ -4,15 +4,8 @@ import pytest
 import torch
 from support.manifests import load_manifest
 
-from layerfusion_core.fg_weights import (
-    ForegroundWeightsError,
-    LoraFactors,
-    Offset,
-    RowDelta,
-    RowSelection,
-    make_row_delta_module,
-    parse_foreground_weights,
-)
+from layerfusion_core.fg_rows import RowDelta, RowSelection, make_row_delta_module
+from layerfusion_core.fg_weights import ForegroundWeightsError, LoraFactors, Offset, parse_foreground_weights
 from layerfusion_core.options import WeightApplication
 from layerfusion_core.sdxl import SDXL, build_layout
 

@@ -1,0 +1,87 @@
+"""The LayerDiffuse files this pack knows by name: what each is, where to download it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+LAYERDIFFUSION_V1 = "https://huggingface.co/LayerDiffusion/layerdiffusion-v1/resolve/main/"
+LAYERDIFFUSE_DIFFUSERS = "https://huggingface.co/lllyasviel/LayerDiffuse_Diffusers/resolve/main/"
+
+
+class FileKind(str, Enum):
+    FG_LORA = "fg_lora"  # SDXL attention LoRA (FG weights)
+    FG_OFFSETS = "fg_offsets"  # SDXL attention offsets, diffusers names (FG weights)
+    DECODER = "decoder"  # transparent VAE decoder
+    ENCODER = "encoder"  # transparent VAE encoder (not used yet)
+    UNSUPPORTED = "unsupported"
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    name: str
+    kind: FileKind
+    url: str
+    size_mb: int
+    note: str = ""
+
+
+KNOWN_FILES: tuple[KnownFile, ...] = (
+    KnownFile("layer_xl_transparent_attn.safetensors", FileKind.FG_LORA, LAYERDIFFUSION_V1, 743),
+    KnownFile("ld_diffusers_sdxl_attn.safetensors", FileKind.FG_OFFSETS, LAYERDIFFUSE_DIFFUSERS, 1910),
+    KnownFile("vae_transparent_decoder.safetensors", FileKind.DECODER, LAYERDIFFUSION_V1, 208),
+    KnownFile(
+        "ld_diffusers_sdxl_vae_transparent_decoder.safetensors", FileKind.DECODER, LAYERDIFFUSE_DIFFUSERS, 208
+    ),
+    KnownFile("vae_transparent_encoder.safetensors", FileKind.ENCODER, LAYERDIFFUSION_V1, 2),
+    KnownFile(
+        "layer_xl_transparent_conv.safetensors",
+        FileKind.UNSUPPORTED,
+        LAYERDIFFUSION_V1,
+        3620,
+        "the conv-injection FG model changes every non-attention weight (~1.8 B parameters); applying it "
+        "to the FG rows only would need a second copy of the UNet, so LayerFusion uses the attention file "
+        "layer_xl_transparent_attn.safetensors instead",
+    ),
+)
+
+BY_NAME = {f.name: f for f in KNOWN_FILES}
+DEFAULT_FG_FILE = "layer_xl_transparent_attn.safetensors"
+DEFAULT_DECODER_FILE = "vae_transparent_decoder.safetensors"
+
+
+# UNVERIFIED pinned SHA-256 values, a fallback for when the hub's LFS metadata cannot be read
+# at download time (that metadata, the X-Linked-Etag of the resolve URL, is the primary
+# source). All values are empty: no hash has been checked against the published files yet,
+# and an empty value means "not pinned". Fill one in only from a file verified by hand.
+PINNED_SHA256_UNVERIFIED: dict[str, str] = {
+    f.name: "" for f in KNOWN_FILES if f.kind is not FileKind.UNSUPPORTED
+}
+
+
+def download_url(name: str) -> str:
+    return BY_NAME[name].url + name
+
+
+def pinned_sha256(name: str) -> str | None:
+    """The UNVERIFIED pinned SHA-256 of a known file, or None when none is pinned."""
+    return PINNED_SHA256_UNVERIFIED.get(name) or None
+
+
+def unsupported_reason(name: str) -> str | None:
+    """Why a file cannot be used as SDXL FG weights, judged by its name, or None."""
+    lower = name.lower()
+    known = BY_NAME.get(name)
+    if known is not None and known.kind is FileKind.UNSUPPORTED:
+        return known.note
+    if "sd15" in lower or "sd_15" in lower or "sd1.5" in lower:
+        return "it is a Stable Diffusion 1.5 file; LayerFusion runs on SDXL"
+    if "_conv" in lower and "transparent" in lower:
+        return BY_NAME["layer_xl_transparent_conv.safetensors"].note
+    return None
+
+
+def missing_file_message(name: str, folder: str) -> str:
+    known = BY_NAME.get(name)
+    where = f" Download it from {download_url(name)}" if known else ""
+    return f"{name} was not found in {folder}.{where} and put it in that folder (models/layer_model/)."
