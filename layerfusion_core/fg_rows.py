@@ -77,7 +77,7 @@ class RowDelta:
                 del self._cache[k]
             merged = weight.float() + self.strength * self.delta.dense().to(weight.device)
             cached = self._cache[key] = merged.to(weight.dtype)
-        if isinstance(self.delta, Offset) and self.delta.bias is not None:
+        if self.delta.bias is not None:
             extra = self.strength * self.delta.bias.to(x)
             bias = extra if bias is None else bias + extra
         return cached, bias
@@ -92,14 +92,7 @@ class RowDelta:
         if self.application == WeightApplication.MERGED:
             weight, bias = self._merged_weight(module, x)
             return out.index_copy(0, rows, F.linear(x_rows, weight, bias))
-        if isinstance(self.delta, LoraFactors):
-            down = self._tensor("down", self.delta.down, x)
-            up = self._tensor("up", self.delta.up, x)
-            extra = F.linear(F.linear(x_rows, down), up) * (self.strength * self.delta.scale)
-        else:
-            weight = self._tensor("weight", self.delta.weight, x)
-            bias = None if self.delta.bias is None else self._tensor("bias", self.delta.bias, x)
-            extra = F.linear(x_rows, weight, bias) * self.strength
+        extra = self.delta.row_delta(x_rows, lambda name, t: self._tensor(name, t, x)) * self.strength
         return out.index_add(0, rows, extra.to(out.dtype))
 
     def release(self) -> None:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from .options import WeightApplication
 from .sdxl import SDXL, Projection, UNetLayout
@@ -37,9 +38,20 @@ class LoraFactors:
     up: torch.Tensor  # [out, r]
     down: torch.Tensor  # [r, in]
     scale: float = 1.0  # alpha / rank when the file carries an alpha
+    bias = None  # a LoRA never offsets the bias
 
     def dense(self) -> torch.Tensor:
         return self.scale * (self.up.float() @ self.down.float())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.up.shape[0], self.down.shape[1])
+
+    def row_delta(
+        self, x: torch.Tensor, on_device: Callable[[str, torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """x [R, ..., in] -> the delta of its outputs, x · downᵀ · upᵀ · scale (rank-r path)."""
+        return F.linear(F.linear(x, on_device("down", self.down)), on_device("up", self.up)) * self.scale
 
 
 @dataclass
@@ -49,6 +61,17 @@ class Offset:
 
     def dense(self) -> torch.Tensor:
         return self.weight.float()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.weight.shape)
+
+    def row_delta(
+        self, x: torch.Tensor, on_device: Callable[[str, torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """x [R, ..., in] -> x · offsetᵀ + bias offset."""
+        bias = None if self.bias is None else on_device("bias", self.bias)
+        return F.linear(x, on_device("weight", self.weight), bias)
 
 
 @dataclass
@@ -91,7 +114,7 @@ class ForegroundWeights:
             if proj is None:
                 problems.append(f"{path}: no such attention projection in {layout.name}")
                 continue
-            shape = _delta_shape(delta)
+            shape = delta.shape
             if shape != proj.shape:
                 problems.append(f"{path}: weights are {list(shape)}, the model has {list(proj.shape)}")
         if problems:
@@ -100,12 +123,6 @@ class ForegroundWeights:
                 f"fit the model ({layout.name}): {len(problems)} mismatches, e.g. "
                 + "; ".join(problems[:_MAX_NAMED])
             )
-
-
-def _delta_shape(delta: LoraFactors | Offset) -> tuple[int, int]:
-    if isinstance(delta, LoraFactors):
-        return (delta.up.shape[0], delta.down.shape[1])
-    return tuple(delta.weight.shape)
 
 
 def parse_foreground_weights(

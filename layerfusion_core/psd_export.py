@@ -1,0 +1,124 @@
+"""Writing layer files: a layered PSD per triplet (psd-tools, optional) and atomic writes.
+
+No ComfyUI here: Pillow and, only when a PSD is asked for, psd-tools (imported lazily so the
+pack works without it). Every file goes to a temporary name in its final folder first and
+is renamed into place, so an interrupted or failed save never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from collections.abc import Callable, Sequence
+
+from PIL import Image
+
+# 1.14.3 is the first release checked to write these files correctly without psd-tools'
+# optional compositing extras: 1.10.x-1.11.x need scikit-image to save, 1.12.0 wrote a
+# merged image shorter than its header says, 1.13.x-1.14.0 a wrong merged preview.
+PSD_TOOLS_MIN_VERSION = (1, 14, 3)
+PSD_TOOLS_REQUIREMENT = "psd-tools>=1.14.3,<2"
+_INSTALL = f'pip install "{PSD_TOOLS_REQUIREMENT}"'
+
+# Bottom to top. The blended image is stored hidden on top: one click compares it with the
+# editable foreground-over-background stack below it.
+PSD_LAYER_ORDER: tuple[str, ...] = ("background", "foreground", "blended")
+PSD_HIDDEN_LAYERS: frozenset[str] = frozenset({"blended"})
+
+
+class PsdToolsMissingError(ImportError):
+    """psd-tools is missing or too old; the message says how to install it."""
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a fresh temporary path beside ``path``, then rename it to ``path``.
+
+    The temporary name starts with a dot and ends in ``.tmp`` (so ComfyUI's file counter
+    ignores it) and is removed if ``write`` fails. ``write`` must not rely on the file
+    extension to choose a format.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+    # O_EXCL: never clobber a file we did not create; mode 0o666 lets the umask apply as
+    # for any ordinary file (tempfile.mkstemp would leave it 0600).
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def import_psd_tools() -> tuple[type, type]:
+    """(PSDImage, PixelLayer) from psd-tools, or PsdToolsMissingError with the pip command."""
+    try:
+        import psd_tools
+        from psd_tools import PSDImage
+        from psd_tools.api.layers import PixelLayer
+    except ImportError as exc:
+        raise PsdToolsMissingError(
+            "save_psd needs the optional package psd-tools, which is not installed. Install it into "
+            f"the Python that runs ComfyUI with: {_INSTALL} (then restart ComfyUI), or turn save_psd off."
+        ) from exc
+    version = getattr(psd_tools, "__version__", "0")
+    if parse_version(version) < PSD_TOOLS_MIN_VERSION:
+        raise PsdToolsMissingError(
+            f"save_psd needs {PSD_TOOLS_REQUIREMENT}, found psd-tools {version}, whose PSD files are "
+            f"not written correctly. Upgrade it with: {_INSTALL} (then restart ComfyUI), or turn "
+            "save_psd off."
+        )
+    return PSDImage, PixelLayer
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    """Leading "major.minor.patch" of a version string as ints (missing parts are 0)."""
+    parts = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", version)
+    if parts is None:
+        return (0, 0, 0)
+    major, minor, patch = (int(p) if p else 0 for p in parts.groups())
+    return (major, minor, patch)
+
+
+def check_same_size(sizes: Sequence[tuple[str, tuple[int, int]]]) -> tuple[int, int]:
+    """Return the common (width, height) of named sizes; ValueError naming the first that differs."""
+    if not sizes:
+        raise ValueError("expected at least one image")
+    first_name, first = sizes[0]
+    for name, size in sizes[1:]:
+        if tuple(size) != tuple(first):
+            raise ValueError(
+                f"{name}: expected {first[0]}x{first[1]} (the size of {first_name}), got "
+                f"{size[0]}x{size[1]}; all layers of a PSD must have the same size"
+            )
+    return first
+
+
+def write_layered_psd(
+    path: str, background: Image.Image, foreground: Image.Image, blended: Image.Image
+) -> None:
+    """Write an 8-bit RGB PSD with three pixel layers, bottom to top: "background",
+    "foreground" (its alpha as layer transparency), "blended" (hidden).
+
+    All three images must have the same size (ValueError naming the one that differs).
+    RGB images become fully opaque layers. Written atomically.
+    """
+    layers = {"background": background, "foreground": foreground, "blended": blended}
+    size = check_same_size([(name, layers[name].size) for name in PSD_LAYER_ORDER])
+    psd_image, pixel_layer = import_psd_tools()
+
+    # An "RGBA" document keeps each layer's alpha as its transparency channel; in an "RGB"
+    # one psd-tools turns the alpha into a layer mask instead.
+    psd = psd_image.new("RGBA", size)
+    for name in PSD_LAYER_ORDER:
+        layer = pixel_layer.frompil(layers[name].convert("RGBA"), psd, name)  # appends on top
+        layer.visible = name not in PSD_HIDDEN_LAYERS
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fp:
+            psd.save(fp)
+
+    atomic_write(path, write)

@@ -1,0 +1,79 @@
+"""LayerFusionTextEncode: the FG, BG and BLENDED prompts with one CLIP."""
+
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import io
+
+from ..layerfusion_core.conditioning import EOS_KEY, eos_index_from_windows
+
+log = logging.getLogger(__name__)
+DEFAULT_END_TOKEN = 49407  # CLIP's <|endoftext|>
+
+
+def _end_token(clip, stream: str) -> int:
+    tokenizer = getattr(getattr(clip, "tokenizer", None), f"clip_{stream}", None)
+    return int(getattr(tokenizer, "end_token", None) or DEFAULT_END_TOKEN)
+
+
+def fg_eos_index(clip, tokens: dict) -> int | None:
+    """EOS index of the FG prompt: from the CLIP-G windows (SDXL's context follows its
+    token positions), else CLIP-L."""
+    for stream in ("g", "l"):
+        if stream in tokens:
+            return eos_index_from_windows(tokens[stream], _end_token(clip, stream))
+    return None
+
+
+def encode(clip, text: str) -> tuple[list, dict]:
+    tokens = clip.tokenize(text)
+    return clip.encode_from_tokens_scheduled(tokens), tokens
+
+
+class LayerFusionTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LayerFusionTextEncode",
+            display_name="LayerFusion Text Encode",
+            category="LayerFusion",
+            description="Encodes the foreground, background and blended prompts. The foreground "
+            "conditioning records where its end-of-text token is, for the content prior.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The SDXL CLIP (from the checkpoint loader)."),
+                io.String.Input(
+                    "fg_text", multiline=True, tooltip="What the transparent foreground layer shows."
+                ),
+                io.String.Input(
+                    "bg_text", multiline=True, tooltip="The background scene, without the foreground."
+                ),
+                io.String.Input(
+                    "blended_text",
+                    multiline=True,
+                    default="",
+                    optional=True,
+                    tooltip="Prompt of the blended image. Empty: '<fg_text>, <bg_text>'.",
+                ),
+            ],
+            outputs=[
+                io.Conditioning.Output("fg", tooltip="Foreground conditioning (carries its EOS index)."),
+                io.Conditioning.Output("bg", tooltip="Background conditioning."),
+                io.Conditioning.Output("blended", tooltip="Blended-image conditioning."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip, fg_text: str, bg_text: str, blended_text: str = "") -> io.NodeOutput:
+        if clip is None:
+            raise ValueError("clip: expected a CLIP, got None (does the checkpoint contain a text encoder?)")
+        if not fg_text.strip():
+            raise ValueError("fg_text: expected a foreground prompt, got an empty text")
+        blended_text = blended_text.strip() or f"{fg_text.strip()}, {bg_text.strip()}"
+        fg, fg_tokens = encode(clip, fg_text)
+        eos = fg_eos_index(clip, fg_tokens)
+        if eos is None:
+            log.warning("LayerFusion: no end-of-text token found in the fg prompt's tokens")
+        else:
+            fg = [[t, {**d, EOS_KEY: eos}] for t, d in fg]
+        return io.NodeOutput(fg, encode(clip, bg_text)[0], encode(clip, blended_text)[0])

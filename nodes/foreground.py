@@ -1,0 +1,76 @@
+"""LayerFusionForegroundLoader: LayerDiffuse's FG attention weights from models/layer_model/."""
+
+from __future__ import annotations
+
+import os
+
+from comfy_api.latest import io
+
+from ..layerfusion_core.fg_weights import parse_foreground_weights
+from ..layerfusion_core.model_files import DEFAULT_FG_FILE, missing_file_message, unsupported_reason
+from ..layerfusion_core.options import WeightApplication
+from ..layerfusion_core.sdxl import SDXL
+from .model_folders import layer_model_dir, layer_model_files, layer_model_path
+from .types import ForegroundWeightsType
+
+
+def load_foreground_weights(name: str):
+    """Parse and validate a FG weights file against SDXL's table (errors name the file)."""
+    import comfy.utils
+
+    reason = unsupported_reason(name)
+    if reason:
+        raise ValueError(f"weights_name: {name} cannot be used as LayerFusion FG weights: {reason}")
+    path = layer_model_path(name)
+    if path is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"weights_name: {missing_file_message(name, layer_model_dir())}")
+    state_dict = comfy.utils.load_torch_file(path, safe_load=True)
+    try:
+        return parse_foreground_weights(state_dict, SDXL, source=name)
+    except ValueError as err:
+        raise ValueError(f"weights_name: {name} is not a LayerDiffuse SDXL attention file: {err}") from err
+
+
+class LayerFusionForegroundLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        files = layer_model_files()
+        default = DEFAULT_FG_FILE if DEFAULT_FG_FILE in files else (files[0] if files else DEFAULT_FG_FILE)
+        return io.Schema(
+            node_id="LayerFusionForegroundLoader",
+            display_name="LayerFusion Foreground Weights Loader",
+            category="LayerFusion",
+            description="Loads LayerDiffuse's transparent-foreground attention weights (LoRA "
+            "layer_xl_transparent_attn or diffusers offsets ld_diffusers_sdxl_attn) for the FG stream only.",
+            inputs=[
+                io.Combo.Input(
+                    "weights_name",
+                    options=files or [DEFAULT_FG_FILE],
+                    default=default,
+                    tooltip="A file in models/layer_model/: layer_xl_transparent_attn.safetensors "
+                    "(LayerDiffusion/layerdiffusion-v1) or ld_diffusers_sdxl_attn.safetensors "
+                    "(lllyasviel/LayerDiffuse_Diffusers).",
+                ),
+                io.Float.Input(
+                    "strength",
+                    default=1.0,
+                    min=-2.0,
+                    max=2.0,
+                    step=0.05,
+                    tooltip="Scale of the FG weight delta (0 = the plain base model for FG).",
+                ),
+                io.Combo.Input(
+                    "application",
+                    options=[m.value for m in WeightApplication],
+                    default=WeightApplication.ON_THE_FLY.value,
+                    tooltip="on_the_fly: add x·down·up for the FG rows (no extra memory). merged: keep a "
+                    "merged weight copy for the FG rows (+1.9 GB at fp16 for SDXL).",
+                ),
+            ],
+            outputs=[ForegroundWeightsType.Output("fg_weights")],
+        )
+
+    @classmethod
+    def execute(cls, weights_name: str, strength: float, application: str) -> io.NodeOutput:
+        weights = load_foreground_weights(weights_name)
+        return io.NodeOutput(weights.with_settings(strength, WeightApplication(application)))

@@ -1,0 +1,38 @@
+"""Where LayerDiffuse files live: ComfyUI's models/layer_model/ (the folder the older
+LayerDiffuse pack uses too, so users' files are found)."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+LAYER_MODEL_FOLDER = "layer_model"
+EXTENSIONS = {".safetensors"}
+
+
+def register_model_folders() -> None:
+    """Register ``layer_model`` with a .safetensors filter, keeping paths users configured
+    (extra_model_paths.yaml) and paths another pack registered."""
+    default = os.path.join(folder_paths.models_dir, LAYER_MODEL_FOLDER)
+    entry = folder_paths.folder_names_and_paths.get(LAYER_MODEL_FOLDER)
+    if entry is None:
+        folder_paths.folder_names_and_paths[LAYER_MODEL_FOLDER] = ([default], set(EXTENSIONS))
+        return
+    paths, extensions = entry
+    if default not in paths:
+        paths.append(default)
+    if isinstance(extensions, set):
+        extensions.update(EXTENSIONS)
+
+
+def layer_model_files() -> list[str]:
+    return folder_paths.get_filename_list(LAYER_MODEL_FOLDER)
+
+
+def layer_model_path(name: str) -> str | None:
+    return folder_paths.get_full_path(LAYER_MODEL_FOLDER, name)
+
+
+def layer_model_dir() -> str:
+    return folder_paths.get_folder_paths(LAYER_MODEL_FOLDER)[0]

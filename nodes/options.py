@@ -1,0 +1,190 @@
+"""LayerFusionPriorExtractor and LayerFusionMaskBlender: the method's options as nodes."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..layerfusion_core.options import (
+    BlendMode,
+    BlendOptions,
+    ContentTiming,
+    LayerSet,
+    PriorOptions,
+    PriorOrientation,
+    PriorTiming,
+    SharingMode,
+    SparsityFormula,
+)
+from .types import BlendOptionsType, PriorOptionsType
+
+PRIOR_DEFAULTS = PriorOptions()
+BLEND_DEFAULTS = BlendOptions()
+
+
+def _combo(name: str, enum, default, tooltip: str) -> io.Combo.Input:
+    return io.Combo.Input(name, options=[m.value for m in enum], default=default.value, tooltip=tooltip)
+
+
+class LayerFusionPriorExtractor(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        d = PRIOR_DEFAULTS
+        return io.Schema(
+            node_id="LayerFusionPriorExtractor",
+            display_name="LayerFusion Prior Extractor",
+            category="LayerFusion",
+            description="How the structure (self-attention) and content (cross-attention EOS) priors "
+            "are taken from the foreground stream. Unconnected, the sampler uses these defaults.",
+            inputs=[
+                io.String.Input(
+                    "structure_layer",
+                    default=d.structure_layer,
+                    tooltip="'last' = the UNet's last self-attention (output.5.1 on SDXL), or a block like 'output.4.1'.",
+                ),
+                _combo(
+                    "formula",
+                    SparsityFormula,
+                    d.formula,
+                    "Per-token sparsity of the head-mean self-attention row.",
+                ),
+                _combo(
+                    "orientation",
+                    PriorOrientation,
+                    d.orientation,
+                    "dense: dense attention rows are the object (the paper). sparse: the opposite. "
+                    "auto: decided once per run by agreement with the content prior.",
+                ),
+                _combo(
+                    "timing",
+                    PriorTiming,
+                    d.timing,
+                    "prior_pass: one extra FG forward per step (faithful). previous: reuse the previous step's maps (faster).",
+                ),
+                _combo(
+                    "content_timing",
+                    ContentTiming,
+                    d.content_timing,
+                    "Content prior used by self-attention blending: this step's prior pass, or the previous step's.",
+                ),
+                io.Int.Input(
+                    "auto_vote_evaluations",
+                    default=d.auto_vote_evaluations,
+                    min=1,
+                    max=20,
+                    tooltip="orientation=auto: evaluations that vote; blending starts after the vote.",
+                ),
+                io.Int.Input(
+                    "chunk_size",
+                    default=d.chunk_size,
+                    min=64,
+                    max=16384,
+                    step=64,
+                    tooltip="Query rows per chunk of the structure prior (memory O(chunk x tokens)).",
+                ),
+            ],
+            outputs=[PriorOptionsType.Output("prior_options")],
+        )
+
+    @classmethod
+    def execute(cls, **values) -> io.NodeOutput:
+        try:
+            return io.NodeOutput(PriorOptions(**values))
+        except ValueError as err:
+            raise ValueError(f"LayerFusionPriorExtractor: {err}") from err
+
+
+class LayerFusionMaskBlender(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        d = BLEND_DEFAULTS
+        return io.Schema(
+            node_id="LayerFusionMaskBlender",
+            display_name="LayerFusion Mask Blender",
+            category="LayerFusion",
+            description="How the soft/hard masks are built and where they blend attention between the "
+            "foreground and blended streams, and how the blended and background streams share attention.",
+            inputs=[
+                io.Float.Input(
+                    "coefficient",
+                    default=d.coefficient,
+                    min=0.1,
+                    max=100.0,
+                    step=0.1,
+                    tooltip="k of the hard mask sigmoid(k (soft - threshold)); 10 in the paper.",
+                ),
+                io.Float.Input(
+                    "threshold",
+                    default=d.threshold,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="tau of the hard mask.",
+                ),
+                _combo(
+                    "mode",
+                    BlendMode,
+                    d.mode,
+                    "generative: blend attention (the paper's method). alpha: no blending; composite the "
+                    "FG layer over BG afterwards (the blended latent then repeats BG).",
+                ),
+                io.String.Input(
+                    "layers",
+                    default=d.layers.spec,
+                    tooltip="Blocks that blend and share: 'all', or groups input/middle/output and blocks like 'output.5.1', comma-separated.",
+                ),
+                io.Boolean.Input(
+                    "self_attention", default=d.layers.self_attention, tooltip="Blend at self-attention."
+                ),
+                io.Boolean.Input(
+                    "cross_attention", default=d.layers.cross_attention, tooltip="Blend at cross-attention."
+                ),
+                io.Float.Input(
+                    "start_percent",
+                    default=d.start_percent,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Sampling progress where blending and sharing start.",
+                ),
+                io.Float.Input(
+                    "end_percent",
+                    default=d.end_percent,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Sampling progress where blending and sharing end.",
+                ),
+                _combo(
+                    "sharing",
+                    SharingMode,
+                    d.sharing,
+                    "Attention sharing between blended and background. masked: both see both, but the "
+                    "background cannot see the object; bidirectional: no masking; one_directional: only "
+                    "blended sees background; off.",
+                ),
+            ],
+            outputs=[BlendOptionsType.Output("blend_options")],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        coefficient,
+        threshold,
+        mode,
+        layers,
+        self_attention,
+        cross_attention,
+        start_percent,
+        end_percent,
+        sharing,
+    ) -> io.NodeOutput:
+        try:
+            layer_set = LayerSet(layers, self_attention, cross_attention)
+            options = BlendOptions(
+                coefficient=coefficient, threshold=threshold, mode=BlendMode(mode), layers=layer_set,
+                start_percent=start_percent, end_percent=end_percent, sharing=SharingMode(sharing),
+            )  # fmt: skip
+        except ValueError as err:
+            raise ValueError(f"LayerFusionMaskBlender: {err}") from err
+        return io.NodeOutput(options)

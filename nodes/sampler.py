@@ -1,0 +1,131 @@
+"""LayerFusionTripletSampler: FG, BG and BLENDED sampled in lockstep in one run."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..layerfusion_core.comfy_runtime import sample_triplet
+from ..layerfusion_core.options import BlendOptions, LayerFusionOptions, NoiseOptions, PriorOptions
+from ..layerfusion_core.streams import StreamRole
+from .types import BlendOptionsType, ForegroundWeightsType, PriorOptionsType
+
+
+def _sampler_names() -> list[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def _scheduler_names() -> list[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+class LayerFusionTripletSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LayerFusionTripletSampler",
+            display_name="LayerFusion Triplet Sampler",
+            category="LayerFusion",
+            description="Samples a foreground (with the LayerDiffuse FG weights), a background and the "
+            "blended image together; FG priors blend attention between FG and blended, and blended and "
+            "background share attention. A latent batch of N gives N triplets.",
+            inputs=[
+                io.Model.Input(
+                    "model", tooltip="The SDXL model (not modified: the sampler works on a clone)."
+                ),
+                ForegroundWeightsType.Input(
+                    "fg_weights", tooltip="From LayerFusion Foreground Weights Loader."
+                ),
+                io.Conditioning.Input("fg", tooltip="Foreground prompt (LayerFusion Text Encode's fg)."),
+                io.Conditioning.Input("bg", tooltip="Background prompt."),
+                io.Conditioning.Input("blended", tooltip="Blended-image prompt."),
+                io.Conditioning.Input("negative", tooltip="Negative prompt, shared by the three streams."),
+                io.Latent.Input(
+                    "latent_image", tooltip="Empty latent (or an image latent with denoise < 1)."
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Noise seed; the three streams of an image share their noise.",
+                ),
+                io.Int.Input("steps", default=25, min=1, max=10000, tooltip="Sampling steps."),
+                io.Float.Input(
+                    "cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="CFG scale."
+                ),
+                io.Combo.Input(
+                    "sampler_name", options=_sampler_names(), default="dpmpp_2m", tooltip="ComfyUI sampler."
+                ),
+                io.Combo.Input(
+                    "scheduler", options=_scheduler_names(), default="karras", tooltip="ComfyUI scheduler."
+                ),
+                io.Float.Input(
+                    "denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Denoise strength."
+                ),
+                io.Boolean.Input(
+                    "shared_noise",
+                    default=True,
+                    tooltip="Give the streams of an image the same initial noise and the same per-step noise "
+                    "of ancestral/SDE samplers.",
+                ),
+                PriorOptionsType.Input(
+                    "prior_options",
+                    optional=True,
+                    tooltip="From LayerFusion Prior Extractor (defaults if unset).",
+                ),
+                BlendOptionsType.Input(
+                    "blend_options",
+                    optional=True,
+                    tooltip="From LayerFusion Mask Blender (defaults if unset).",
+                ),
+            ],
+            outputs=[
+                io.Latent.Output(
+                    "fg_latent", tooltip="Foreground latent: decode with the VAE, then Transparent Decode."
+                ),
+                io.Latent.Output("bg_latent", tooltip="Background latent."),
+                io.Latent.Output("blended_latent", tooltip="Blended latent (repeats bg in alpha mode)."),
+                io.Mask.Output("soft_mask", tooltip="Final soft mask at image size, 1 = object."),
+                io.Mask.Output("hard_mask", tooltip="Final hard mask at image size, 1 = object."),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        fg_weights,
+        fg,
+        bg,
+        blended,
+        negative,
+        latent_image,
+        seed: int,
+        steps: int,
+        cfg: float,
+        sampler_name: str,
+        scheduler: str,
+        denoise: float,
+        shared_noise: bool = True,
+        prior_options: PriorOptions | None = None,
+        blend_options: BlendOptions | None = None,
+    ) -> io.NodeOutput:
+        options = LayerFusionOptions(
+            prior=prior_options or PriorOptions(),
+            blend=blend_options or BlendOptions(),
+            noise=NoiseOptions(share_initial_noise=shared_noise, share_step_noise=shared_noise),
+        )
+        result = sample_triplet(
+            model, fg_weights, options, fg, bg, blended, negative, latent_image,
+            seed, steps, cfg, sampler_name, scheduler, denoise,
+        )  # fmt: skip
+        latents = [
+            {**{k: v for k, v in latent_image.items() if k != "noise_mask"}, "samples": result.latents[role]}
+            for role in (StreamRole.FG, StreamRole.BG, StreamRole.BLENDED)
+        ]
+        return io.NodeOutput(*latents, result.soft_mask, result.hard_mask)
