@@ -51,7 +51,7 @@ class TokenizingCLIP:
 def test_text_encode_records_the_global_eos_index(pack):
     node = pack.node("LayerFusionTextEncode")
     clip = TokenizingCLIP()
-    fg, bg, blended = result(ch.run_node(node, clip=clip, fg_text="a red apple", bg_text="a wooden table"))
+    fg, bg, _ = result(ch.run_node(node, clip=clip, fg_text="a red apple", bg_text="a wooden table"))
     # <start> a red apple <end>: EOS at position 4 of the only window
     assert fg[0][1]["layerfusion_eos_index"] == 4
     assert "layerfusion_eos_index" not in bg[0][1]
@@ -117,7 +117,7 @@ def test_foreground_loader_reads_an_sdxl_lora_and_refuses_bad_files(pack, layer_
         ch.run_node(
             node, weights_name="layer_xl_transparent_conv.safetensors", strength=1.0, application="on_the_fly"
         )
-    with pytest.raises(ValueError, match="Stable Diffusion 1.5"):
+    with pytest.raises(ValueError, match=r"Stable Diffusion 1\.5"):
         ch.run_node(
             node,
             weights_name="layer_sd15_transparent_attn.safetensors",
