@@ -7,14 +7,29 @@ import os
 from comfy_api.latest import io
 
 from ..layerfusion_core.fg_weights import parse_foreground_weights
-from ..layerfusion_core.model_files import DEFAULT_FG_FILE, missing_file_message, unsupported_reason
+from ..layerfusion_core.model_files import (
+    DEFAULT_FG_FILE,
+    KNOWN_FILES,
+    FileKind,
+    missing_file_message,
+    unsupported_reason,
+)
 from ..layerfusion_core.options import WeightApplication
 from ..layerfusion_core.sdxl import SDXL
+from .downloads import ensure_layer_model
 from .model_folders import layer_model_dir, layer_model_files, layer_model_path
 from .types import ForegroundWeightsType
 
 
-def load_foreground_weights(name: str):
+def foreground_file_choices() -> list[str]:
+    """Files present in layer_model, plus the known FG files not downloaded yet (selecting
+    one explains where to get it, or downloads it with auto_download)."""
+    files = layer_model_files()
+    known = [f.name for f in KNOWN_FILES if f.kind in (FileKind.FG_LORA, FileKind.FG_OFFSETS)]
+    return files + [name for name in known if name not in files]
+
+
+def load_foreground_weights(name: str, auto_download: bool = False):
     """Parse and validate a FG weights file against SDXL's table (errors name the file)."""
     import comfy.utils
 
@@ -22,6 +37,8 @@ def load_foreground_weights(name: str):
     if reason:
         raise ValueError(f"weights_name: {name} cannot be used as LayerFusion FG weights: {reason}")
     path = layer_model_path(name)
+    if (path is None or not os.path.isfile(path)) and auto_download:
+        path = ensure_layer_model(name)
     if path is None or not os.path.isfile(path):
         raise FileNotFoundError(f"weights_name: {missing_file_message(name, layer_model_dir())}")
     state_dict = comfy.utils.load_torch_file(path, safe_load=True)
@@ -34,8 +51,7 @@ def load_foreground_weights(name: str):
 class LayerFusionForegroundLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        files = layer_model_files()
-        default = DEFAULT_FG_FILE if DEFAULT_FG_FILE in files else (files[0] if files else DEFAULT_FG_FILE)
+        files = foreground_file_choices()
         return io.Schema(
             node_id="LayerFusionForegroundLoader",
             display_name="LayerFusion Foreground Weights Loader",
@@ -45,8 +61,8 @@ class LayerFusionForegroundLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "weights_name",
-                    options=files or [DEFAULT_FG_FILE],
-                    default=default,
+                    options=files,
+                    default=DEFAULT_FG_FILE,
                     tooltip="A file in models/layer_model/: layer_xl_transparent_attn.safetensors "
                     "(LayerDiffusion/layerdiffusion-v1) or ld_diffusers_sdxl_attn.safetensors "
                     "(lllyasviel/LayerDiffuse_Diffusers).",
@@ -66,11 +82,20 @@ class LayerFusionForegroundLoader(io.ComfyNode):
                     tooltip="on_the_fly: add x·down·up for the FG rows (no extra memory). merged: keep a "
                     "merged weight copy for the FG rows (+1.9 GB at fp16 for SDXL).",
                 ),
+                io.Boolean.Input(
+                    "auto_download",
+                    default=False,
+                    optional=True,
+                    tooltip="Download the file from Hugging Face into models/layer_model/ when it is missing "
+                    "(SHA-256 checked against the hub's metadata).",
+                ),
             ],
             outputs=[ForegroundWeightsType.Output("fg_weights")],
         )
 
     @classmethod
-    def execute(cls, weights_name: str, strength: float, application: str) -> io.NodeOutput:
-        weights = load_foreground_weights(weights_name)
+    def execute(
+        cls, weights_name: str, strength: float, application: str, auto_download: bool = False
+    ) -> io.NodeOutput:
+        weights = load_foreground_weights(weights_name, auto_download)
         return io.NodeOutput(weights.with_settings(strength, WeightApplication(application)))

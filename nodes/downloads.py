@@ -1,0 +1,54 @@
+"""Optional automatic download of missing LayerDiffuse files into models/layer_model/, with
+ComfyUI's progress bar and SHA-256 verification (see layerfusion_core.downloads)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ..layerfusion_core.downloads import download_file, hub_sha256
+from ..layerfusion_core.model_files import BY_NAME, FileKind, download_url, pinned_sha256
+from .model_folders import layer_model_dir, layer_model_path
+
+log = logging.getLogger(__name__)
+
+_MB = 1_000_000
+
+
+def ensure_layer_model(name: str) -> str:
+    """Path of the LayerDiffuse file ``name``: the one already in a layer_model folder, else
+    a fresh download of the known file into ``layer_model_dir()``.
+
+    The SHA-256 is read from the hub's LFS metadata at download time, else taken from the
+    UNVERIFIED pinned table; without either only the length is checked. Raises ValueError
+    for names this pack cannot download, and DownloadError (nothing left behind) when the
+    download fails or does not verify. Cancelling the prompt stops the download.
+    """
+    existing = layer_model_path(name)
+    if existing is not None and os.path.isfile(existing):
+        return existing
+    known = BY_NAME.get(name)
+    if known is None:
+        raise ValueError(
+            f"{name} is not a LayerDiffuse file LayerFusion can download; known files: "
+            f"{', '.join(f.name for f in BY_NAME.values() if f.kind is not FileKind.UNSUPPORTED)}"
+        )
+    if known.kind is FileKind.UNSUPPORTED:
+        raise ValueError(f"{name} is not downloaded: {known.note}")
+
+    import comfy.model_management
+    import comfy.utils
+
+    url = download_url(name)
+    expected = hub_sha256(url) or pinned_sha256(name)
+    dest = os.path.join(layer_model_dir(), name)
+    fallback_total = known.size_mb * _MB
+    bar = comfy.utils.ProgressBar(fallback_total)
+
+    def progress(done: int, total: int | None) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done, total or max(fallback_total, done))
+
+    log.info("downloading %s (about %d MB) from %s into %s", name, known.size_mb, url, dest)
+    download_file(url, dest, expected_sha256=expected, progress=progress)
+    return dest
