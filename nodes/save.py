@@ -1,0 +1,182 @@
+"""LayerFusionSaveLayers: every layer of each triplet into ComfyUI's output folder.
+
+File names group a triplet under one counter, as SaveImage numbers its images:
+
+    <prefix>_00001_fg.png         foreground, RGBA (straight colour, alpha intact)
+    <prefix>_00001_bg.png         background
+    <prefix>_00001_blended.png    blended image
+    <prefix>_00001_soft_mask.png  soft mask, grayscale (only when connected)
+    <prefix>_00001_hard_mask.png  hard mask, grayscale (only when connected)
+    <prefix>_00001_layers.psd     layered PSD (only with save_psd)
+
+The next triplet (next image of the batch, or the next run) gets _00002, and so on. The
+PNGs carry the prompt and workflow as SaveImage writes them, so dropping any of them on
+ComfyUI reloads the graph. Each file is written under a temporary name and renamed into
+place: a failed or cancelled save never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from comfy_api.latest import io, ui
+
+from ..layerfusion_core.psd_export import atomic_write, check_same_size, import_psd_tools, write_layered_psd
+
+COMPRESS_LEVEL = 4  # SaveImage's
+
+
+def check_layer_inputs(
+    foreground: Any, background: Any, blended: Any, masks: dict[str, Any]
+) -> tuple[int, dict[str, torch.Tensor]]:
+    """Validate the save node's tensors; return (triplet count, masks as [B, H, W])."""
+    images = {"foreground": foreground, "background": background, "blended": blended}
+    for name, t in images.items():
+        if not isinstance(t, torch.Tensor) or t.ndim != 4 or 0 in t.shape:
+            shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name}: expected a non-empty IMAGE [B, H, W, C], got {shape}")
+    if foreground.shape[-1] != 4:
+        raise ValueError(
+            f"foreground: expected an RGBA IMAGE with 4 channels, got {foreground.shape[-1]} "
+            "(connect the rgba output of LayerFusionTransparentDecode)"
+        )
+    for name in ("background", "blended"):
+        if images[name].shape[-1] not in (3, 4):
+            raise ValueError(
+                f"{name}: expected an RGB (or RGBA) IMAGE, got {images[name].shape[-1]} channels"
+            )
+    given = {}
+    for name, m in masks.items():
+        if m is None:
+            continue
+        if not isinstance(m, torch.Tensor) or m.ndim not in (2, 3) or 0 in m.shape:
+            shape = list(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+            raise ValueError(f"{name}: expected a MASK [B, H, W], got {shape}")
+        given[name] = m if m.ndim == 3 else m.unsqueeze(0)
+    batches = {name: t.shape[0] for name, t in {**images, **given}.items()}
+    count = max(batches.values())
+    wrong = {name: b for name, b in batches.items() if b not in (1, count)}
+    if wrong:
+        listed = ", ".join(f"{name} {b}" for name, b in batches.items())
+        raise ValueError(f"batch: expected equal batch sizes (or 1 to reuse one image), got {listed}")
+    return count, given
+
+
+def pick(t: torch.Tensor, index: int) -> torch.Tensor:
+    """Row ``index`` of a batch, or its only row (a batch of 1 serves every triplet)."""
+    return t[index if t.shape[0] > 1 else 0]
+
+
+class LayerFusionSaveLayers(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LayerFusionSaveLayers",
+            display_name="LayerFusion Save Layers",
+            category="LayerFusion",
+            description="Saves each triplet to the output folder: <prefix>_NNNNN_fg.png (RGBA), _bg.png, "
+            "_blended.png, the masks when connected, and optionally a layered _layers.psd.",
+            inputs=[
+                io.Image.Input(
+                    "foreground", tooltip="RGBA IMAGE: the rgba output of LayerFusionTransparentDecode."
+                ),
+                io.Image.Input("background", tooltip="The decoded BG layer."),
+                io.Image.Input("blended", tooltip="The decoded BLENDED image."),
+                io.Mask.Input(
+                    "soft_mask",
+                    optional=True,
+                    tooltip="Optional: saved as _soft_mask.png (grayscale, white = 1).",
+                ),
+                io.Mask.Input(
+                    "hard_mask",
+                    optional=True,
+                    tooltip="Optional: saved as _hard_mask.png (grayscale, white = 1).",
+                ),
+                io.String.Input(
+                    "filename_prefix",
+                    default="LayerFusion/layers",
+                    tooltip="Output path prefix inside ComfyUI's output folder; may contain a subfolder and "
+                    "%date% style tokens, as in Save Image.",
+                ),
+                io.Boolean.Input(
+                    "save_psd",
+                    default=False,
+                    tooltip="Also write <prefix>_NNNNN_layers.psd: background, foreground with its "
+                    'transparency, and blended as a hidden top layer. Needs pip install "psd-tools>=1.14.3,<2".',
+                ),
+            ],
+            outputs=[],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        foreground,
+        background,
+        blended,
+        filename_prefix: str,
+        save_psd: bool,
+        soft_mask=None,
+        hard_mask=None,
+    ) -> io.NodeOutput:
+        count, masks = check_layer_inputs(
+            foreground, background, blended, {"soft_mask": soft_mask, "hard_mask": hard_mask}
+        )
+        if save_psd:
+            import_psd_tools()  # fail before writing anything when psd-tools is missing
+            images = (("background", background), ("foreground", foreground), ("blended", blended))
+            check_same_size([(name, (int(t.shape[2]), int(t.shape[1]))) for name, t in images])
+        results = save_layers(cls, count, foreground, background, blended, masks, filename_prefix, save_psd)
+        return io.NodeOutput(ui=ui.SavedImages(results))
+
+
+def save_layers(
+    node_cls: type,
+    count: int,
+    foreground: torch.Tensor,
+    background: torch.Tensor,
+    blended: torch.Tensor,
+    masks: dict[str, torch.Tensor],
+    filename_prefix: str,
+    save_psd: bool,
+) -> list[ui.SavedResult]:
+    """Write the files of ``count`` triplets; return the UI entries of the fg, bg, blended PNGs."""
+    import folder_paths
+
+    to_pil = ui.ImageSaveHelper._convert_tensor_to_pil
+    # SaveImage's own metadata: the prompt and every extra_pnginfo entry (the workflow), or
+    # nothing under --disable-metadata.
+    metadata = ui.ImageSaveHelper._create_png_metadata(node_cls)
+    folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
+        filename_prefix, folder_paths.get_output_directory(), foreground.shape[2], foreground.shape[1]
+    )
+    results = []
+    for index in range(count):
+        stem = f"{filename.replace('%batch_num%', str(index))}_{counter:05}"
+        layers = {
+            "fg": to_pil(pick(foreground, index)),
+            "bg": to_pil(pick(background, index)),
+            "blended": to_pil(pick(blended, index)),
+        }
+        files = dict(layers)
+        files.update({name: to_pil(pick(mask, index)) for name, mask in masks.items()})
+        for suffix, image in files.items():
+            file = f"{stem}_{suffix}.png"
+            atomic_write(
+                os.path.join(folder, file),
+                lambda tmp, image=image: image.save(
+                    tmp, format="PNG", pnginfo=metadata, compress_level=COMPRESS_LEVEL
+                ),
+            )
+            if suffix in layers:
+                results.append(ui.SavedResult(file, subfolder, io.FolderType.output))
+        if save_psd:
+            write_layered_psd(
+                os.path.join(folder, f"{stem}_layers.psd"), layers["bg"], layers["fg"], layers["blended"]
+            )
+        counter += 1
+    return results
