@@ -182,32 +182,30 @@ class LayerFusionController:
         return None if masks is None else (*masks, maps.sparsity_grid)
 
     # -- recording ---------------------------------------------------------------------
-    def _recording_rows(self, call: AttentionCall) -> list[int] | None:
-        """Rows whose attention feeds the priors in this call: all rows of a prior pass,
-        the FG positive rows of a main call when maps are recorded there."""
-        if call.phase == Phase.PRIOR:
-            return list(range(call.layout.batch_size))
-        if self.records_in_main and Chunk.POSITIVE in call.layout.chunks:
-            return call.layout.indices(FG, Chunk.POSITIVE)
-        return None
+    def _recording_rows(self, call: AttentionCall, device: torch.device) -> torch.Tensor | None:
+        """Rows whose attention feeds the priors in this call, one per image in image order:
+        the FG positive rows (all rows of a prior pass; of a main call only when maps are
+        recorded there), or None."""
+        if call.phase != Phase.PRIOR and not (self.records_in_main and Chunk.POSITIVE in call.layout.chunks):
+            return None
+        return call.layout.index_tensor(FG, device, Chunk.POSITIVE)
 
     def _record_sparsity(
-        self, call: AttentionCall, rows: list[int], q: torch.Tensor, k: torch.Tensor
+        self, call: AttentionCall, rows: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> None:
-        idx = torch.tensor(rows, device=q.device)
         score = sparsity_score(
-            q.index_select(0, idx), k.index_select(0, idx), call.heads,
+            q.index_select(0, rows), k.index_select(0, rows), call.heads,
             self.options.prior.chunk_size, self.options.prior.formula,
         )  # fmt: skip
         self.state.recording.sparsity = minmax(score)
         self.state.recording.sparsity_grid = tuple(call.grid)
         self._observe_vote()
 
-    def _record_content(self, call: AttentionCall, rows: list[int], q: torch.Tensor, k: torch.Tensor) -> None:
-        idx = torch.tensor(rows, device=q.device)
-        images = [call.layout.rows[r].image for r in rows]
-        eos = None if self.eos_index is None else self.eos_index.to(q.device)[images]
-        c = content_prior(q.index_select(0, idx), k.index_select(0, idx), call.heads, eos)
+    def _record_content(
+        self, call: AttentionCall, rows: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> None:
+        eos = None if self.eos_index is None else self.eos_index.to(q.device)
+        c = content_prior(q.index_select(0, rows), k.index_select(0, rows), call.heads, eos)
         self.state.recording.content[call.block] = c
         self.state.recording.content_grid[call.block] = tuple(call.grid)
         if call.block == self.structure_block:
@@ -230,8 +228,8 @@ class LayerFusionController:
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall
     ) -> torch.Tensor:
         """attn1 replace: record the structure prior where needed, share where enabled."""
-        rows = self._recording_rows(call) if call.block == self.structure_block else None
-        if rows:
+        rows = self._recording_rows(call, q.device) if call.block == self.structure_block else None
+        if rows is not None:
             self._record_sparsity(call, rows, q, k)
         if call.phase != Phase.MAIN or not self._shares(call):
             return call.call_through(q, k, v)
@@ -244,8 +242,8 @@ class LayerFusionController:
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall
     ) -> torch.Tensor:
         """attn2 replace: record the content prior; each stream keeps its own prompt."""
-        rows = self._recording_rows(call) if call.block in self.content_blocks else None
-        if rows:
+        rows = self._recording_rows(call, q.device) if call.block in self.content_blocks else None
+        if rows is not None:
             self._record_content(call, rows, q, k)
         return call.call_through(q, k, v)
 
@@ -282,7 +280,7 @@ class LayerFusionController:
     def _per_row(mask: torch.Tensor, layout: CallLayout, stream: Stream) -> torch.Tensor:
         """Per-image mask [N, T] -> one row per (chunk, image) of ``stream``: the cond
         masks serve the uncond rows too."""
-        return mask.index_select(0, torch.tensor(layout.images_of(stream), device=mask.device))
+        return mask.index_select(0, layout.image_tensor(stream, mask.device))
 
     def _shared_self_attention(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import torch
 
@@ -88,7 +88,14 @@ class CallLayout:
         """Layout of a call whose chunks are ``cond_or_uncond`` and whose batch is ``batch_size``.
 
         ``fg_only``: each chunk holds only the FG rows of every image (a prior pass).
+        Layouts are cached: a sampling run asks for the same few on every UNet call.
         """
+        return _cached_layout(stream_set, tuple(cond_or_uncond or ()), batch_size, fg_only)
+
+    @classmethod
+    def _build(
+        cls, stream_set: StreamSet, cond_or_uncond: tuple[int, ...], batch_size: int, fg_only: bool
+    ) -> CallLayout:
         streams = stream_set.fg_streams if fg_only else stream_set.streams
         if not cond_or_uncond:
             raise ValueError("cond_or_uncond: expected at least one chunk, got none")
@@ -132,19 +139,46 @@ class CallLayout:
         return [row.image for row in self.rows if row.stream == stream]
 
     @cached_property
-    def _index_tensors(self) -> dict[Stream, torch.Tensor]:
-        present = dict.fromkeys(row.stream for row in self.rows)
-        return {s: torch.tensor(self.indices(s), dtype=torch.long) for s in present}
+    def streams(self) -> tuple[Stream, ...]:
+        return tuple(dict.fromkeys(row.stream for row in self.rows))
 
-    def index_tensor(self, stream: Stream, device: torch.device) -> torch.Tensor:
-        return self._index_tensors[stream].to(device)
+    @cached_property
+    def _device_indices(self) -> dict[tuple, torch.Tensor]:
+        return {}
+
+    def index_tensor(
+        self, stream: Stream, device: torch.device | str = "cpu", chunk: Chunk | None = None
+    ) -> torch.Tensor:
+        """``indices(stream, chunk)`` as a LongTensor on ``device`` (cached per device)."""
+        key = (stream, chunk, str(device))
+        cached = self._device_indices.get(key)
+        if cached is None:
+            cached = torch.tensor(self.indices(stream, chunk), dtype=torch.long, device=device)
+            self._device_indices[key] = cached
+        return cached
+
+    def image_tensor(self, stream: Stream, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``images_of(stream)`` as a LongTensor on ``device`` (cached per device)."""
+        key = ("images", stream, str(device))
+        cached = self._device_indices.get(key)
+        if cached is None:
+            cached = torch.tensor(self.images_of(stream), dtype=torch.long, device=device)
+            self._device_indices[key] = cached
+        return cached
+
+
+@lru_cache(maxsize=64)
+def _cached_layout(
+    stream_set: StreamSet, cond_or_uncond: tuple[int, ...], batch_size: int, fg_only: bool
+) -> CallLayout:
+    return CallLayout._build(stream_set, cond_or_uncond, batch_size, fg_only)
 
 
 def split(x: torch.Tensor, layout: CallLayout) -> dict[Stream, torch.Tensor]:
     """[B, ...] -> {stream: [chunks * images, ...]} with rows in (chunk, image) order."""
     if x.shape[0] != layout.batch_size:
         raise ValueError(f"split: tensor batch {x.shape[0]} does not match the layout's {layout.batch_size}")
-    return {s: x.index_select(0, idx.to(x.device)) for s, idx in layout._index_tensors.items()}
+    return {s: x.index_select(0, layout.index_tensor(s, x.device)) for s in layout.streams}
 
 
 def merge(parts: dict[Stream, torch.Tensor], layout: CallLayout) -> torch.Tensor:
@@ -152,10 +186,11 @@ def merge(parts: dict[Stream, torch.Tensor], layout: CallLayout) -> torch.Tensor
     any_part = next(iter(parts.values()))
     out = any_part.new_empty((layout.batch_size, *any_part.shape[1:]))
     covered = 0
-    for stream, idx in layout._index_tensors.items():
+    for stream in layout.streams:
         if stream not in parts:
             raise ValueError(f"merge: missing stream {stream}")
-        out.index_copy_(0, idx.to(out.device), parts[stream])
+        idx = layout.index_tensor(stream, out.device)
+        out.index_copy_(0, idx, parts[stream])
         covered += idx.numel()
     if covered != layout.batch_size:
         raise ValueError(f"merge: covered {covered} rows of {layout.batch_size}")

@@ -111,7 +111,7 @@ class LayerFusionPatch:
         phase = transformer_options.get(PHASE_KEY)
         self.layout = self._layout_of(transformer_options.get("cond_or_uncond"), x.shape[0], phase)
         if self.layout is not None:
-            self.rows.indices = torch.tensor(self.layout.indices(FG), dtype=torch.long, device=x.device)
+            self.rows.indices = self.layout.index_tensor(FG, x.device)
         try:
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         finally:
@@ -147,7 +147,7 @@ class LayerFusionPatch:
         """The FG stream alone, conditional rows, phase-tagged: the hooks record the maps."""
         comfy = _comfy()
         layout = CallLayout.for_call(self.stream_set, [0], x.shape[0])
-        fg_rows = torch.tensor(layout.indices(FG), device=x.device)
+        fg_rows = layout.index_tensor(FG, x.device)
         x_fg = x.index_select(0, fg_rows)
         timestep_fg = (
             timestep.index_select(0, fg_rows.to(timestep.device)) if timestep.numel() > 1 else timestep
