@@ -74,13 +74,19 @@ def shared_attention(
         return attention(q_blend, k_blend, v_blend, heads), attention(q_bg, k_bg, v_bg, heads)
     k_shared = torch.cat([k_blend, k_bg], dim=1)
     v_shared = torch.cat([v_blend, v_bg], dim=1)
-    out_blend = attention(q_blend, k_shared, v_shared, heads)
     if mode == SharingMode.ONE_DIRECTIONAL:
-        return out_blend, attention(q_bg, k_bg, v_bg, heads)
-    if mode == SharingMode.BIDIRECTIONAL:
-        return out_blend, attention(q_bg, k_shared, v_shared, heads)
-    if hard is None:
-        raise ValueError("shared_attention: the masked mode needs the hard mask")
-    bias = torch.cat([suppression_bias(hard, epsilon), torch.zeros_like(hard, dtype=torch.float32)], dim=1)
-    bias = bias.unsqueeze(1).to(q_bg.dtype)  # [P, 1, 2T]
-    return out_blend, attention(q_bg, k_shared, v_shared, heads, mask=bias)
+        return attention(q_blend, k_shared, v_shared, heads), attention(q_bg, k_bg, v_bg, heads)
+    # BLENDED and BG queries see the same keys: one fused call over both.
+    pairs = q_blend.shape[0]
+    q = torch.cat([q_blend, q_bg], dim=0)
+    k, v = k_shared.repeat(2, 1, 1), v_shared.repeat(2, 1, 1)
+    mask = None
+    if mode == SharingMode.MASKED:
+        if hard is None:
+            raise ValueError("shared_attention: the masked mode needs the hard mask")
+        no_bias = torch.zeros_like(hard, dtype=torch.float32)
+        bg_bias = torch.cat([suppression_bias(hard, epsilon), no_bias], dim=1)
+        blend_bias = torch.zeros_like(bg_bias)
+        mask = torch.cat([blend_bias, bg_bias], dim=0).unsqueeze(1).to(q.dtype)  # [2P, 1, 2T]
+    out = attention(q, k, v, heads, mask=mask) if mask is not None else attention(q, k, v, heads)
+    return out[:pairs], out[pairs:]

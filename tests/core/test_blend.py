@@ -92,7 +92,7 @@ def test_masked_bias_is_per_key_never_per_query():
 
     args = [rand(3, 16, 8, seed=i) for i in range(6)]
     shared_attention(*args, 2, SharingMode.MASKED, torch.rand(3, 16), attention=spy)
-    assert seen["shape"] == (3, 1, 32)
+    assert seen["shape"] == (6, 1, 32)  # BLENDED and BG queries fused: 2 x 3 pairs, one bias per key
 
 
 def test_suppression_bias_values():
