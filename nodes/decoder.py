@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
-from ..layerfusion_core.model_files import DEFAULT_DECODER_FILE, missing_file_message
+from ..layerfusion_core.model_files import DEFAULT_DECODER_FILE, KNOWN_FILES, FileKind, missing_file_message
 from ..layerfusion_core.transparent_vae import (
     LATENT_SCALE,
     TTA_TRANSFORMS,
     TransparentDecoder,
     estimate_memory_bytes,
 )
+from .downloads import ensure_layer_model
 from .model_folders import layer_model_dir, layer_model_files, layer_model_path
 from .types import DecoderType
 
@@ -48,7 +49,7 @@ class LoadedDecoder:
     dtype: torch.dtype
 
 
-def load_transparent_decoder(name: str) -> LoadedDecoder:
+def load_transparent_decoder(name: str, auto_download: bool = False) -> LoadedDecoder:
     """Read ``models/layer_model/<name>`` strictly into a TransparentDecoder in a ModelPatcher.
 
     FileNotFoundError says where to download a missing file; ValueError names the file and
@@ -59,6 +60,8 @@ def load_transparent_decoder(name: str) -> LoadedDecoder:
     import comfy.utils
 
     path = layer_model_path(name)
+    if (path is None or not os.path.isfile(path)) and auto_download:
+        path = ensure_layer_model(name)
     if path is None or not os.path.isfile(path):
         raise FileNotFoundError(f"decoder_name: {missing_file_message(name, layer_model_dir())}")
     if any(marker in name.lower() for marker in SD15_MARKERS):
@@ -151,8 +154,9 @@ def check_decode_inputs(decoder: Any, latent: Any, image: Any) -> torch.Tensor:
 class LayerFusionTransparentDecoderLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        files = layer_model_files()
-        default = DEFAULT_DECODER_FILE if DEFAULT_DECODER_FILE in files else (files[0] if files else None)
+        present = layer_model_files()
+        known = [f.name for f in KNOWN_FILES if f.kind == FileKind.DECODER]
+        files = present + [name for name in known if name not in present]
         return io.Schema(
             node_id="LayerFusionTransparentDecoderLoader",
             display_name="LayerFusion Transparent Decoder Loader",
@@ -162,12 +166,20 @@ class LayerFusionTransparentDecoderLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "decoder_name",
-                    # With no file yet, list the expected name: running then says where to get it.
-                    options=files or [DEFAULT_DECODER_FILE],
-                    default=default or DEFAULT_DECODER_FILE,
+                    # Known decoders not downloaded yet are listed too: running then says where to
+                    # get them, or downloads them with auto_download.
+                    options=files,
+                    default=DEFAULT_DECODER_FILE,
                     tooltip="A file in models/layer_model/: vae_transparent_decoder.safetensors "
                     "(LayerDiffusion/layerdiffusion-v1) or ld_diffusers_sdxl_vae_transparent_decoder"
                     ".safetensors (lllyasviel/LayerDiffuse_Diffusers); both hold the same decoder.",
+                ),
+                io.Boolean.Input(
+                    "auto_download",
+                    default=False,
+                    optional=True,
+                    tooltip="Download the file from Hugging Face into models/layer_model/ when it is missing "
+                    "(SHA-256 checked against the hub's metadata).",
                 ),
             ],
             outputs=[
@@ -180,8 +192,8 @@ class LayerFusionTransparentDecoderLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, decoder_name: str) -> io.NodeOutput:
-        return io.NodeOutput(load_transparent_decoder(decoder_name))
+    def execute(cls, decoder_name: str, auto_download: bool = False) -> io.NodeOutput:
+        return io.NodeOutput(load_transparent_decoder(decoder_name, auto_download))
 
 
 class LayerFusionTransparentDecode(io.ComfyNode):

@@ -57,9 +57,13 @@ class LayerFusionTextEncode(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.Conditioning.Output("fg", tooltip="Foreground conditioning (carries its EOS index)."),
-                io.Conditioning.Output("bg", tooltip="Background conditioning."),
-                io.Conditioning.Output("blended", tooltip="Blended-image conditioning."),
+                io.Conditioning.Output(
+                    "fg", display_name="fg", tooltip="Foreground conditioning (carries its EOS index)."
+                ),
+                io.Conditioning.Output("bg", display_name="bg", tooltip="Background conditioning."),
+                io.Conditioning.Output(
+                    "blended", display_name="blended", tooltip="Blended-image conditioning."
+                ),
             ],
         )
 

@@ -90,7 +90,7 @@ class LayerFusionForegroundLoader(io.ComfyNode):
                     "(SHA-256 checked against the hub's metadata).",
                 ),
             ],
-            outputs=[ForegroundWeightsType.Output("fg_weights")],
+            outputs=[ForegroundWeightsType.Output("fg_weights", display_name="fg_weights")],
         )
 
     @classmethod

@@ -82,7 +82,7 @@ class LayerFusionPriorExtractor(io.ComfyNode):
                     tooltip="Query rows per chunk of the structure prior (memory O(chunk x tokens)).",
                 ),
             ],
-            outputs=[PriorOptionsType.Output("prior_options")],
+            outputs=[PriorOptionsType.Output("prior_options", display_name="prior_options")],
         )
 
     @classmethod
@@ -163,7 +163,7 @@ class LayerFusionMaskBlender(io.ComfyNode):
                     "blended sees background; off.",
                 ),
             ],
-            outputs=[BlendOptionsType.Output("blend_options")],
+            outputs=[BlendOptionsType.Output("blend_options", display_name="blend_options")],
         )
 
     @classmethod

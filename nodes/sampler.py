@@ -88,10 +88,22 @@ class LayerFusionTripletSampler(io.ComfyNode):
                 io.Latent.Output(
                     "fg_latent", tooltip="Foreground latent: decode with the VAE, then Transparent Decode."
                 ),
-                io.Latent.Output("bg_latent", tooltip="Background latent."),
-                io.Latent.Output("blended_latent", tooltip="Blended latent (repeats bg in alpha mode)."),
-                io.Mask.Output("soft_mask", tooltip="Final soft mask at image size, 1 = object."),
-                io.Mask.Output("hard_mask", tooltip="Final hard mask at image size, 1 = object."),
+                io.Latent.Output("bg_latent", display_name="bg_latent", tooltip="Background latent."),
+                io.Latent.Output(
+                    "blended_latent",
+                    display_name="blended_latent",
+                    tooltip="Blended latent (repeats bg in alpha mode).",
+                ),
+                io.Mask.Output(
+                    "soft_mask",
+                    display_name="soft_mask",
+                    tooltip="Final soft mask at image size, 1 = object.",
+                ),
+                io.Mask.Output(
+                    "hard_mask",
+                    display_name="hard_mask",
+                    tooltip="Final hard mask at image size, 1 = object.",
+                ),
             ],
         )
 

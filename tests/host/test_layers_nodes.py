@@ -77,7 +77,7 @@ def fg_inputs(batch: int = 1, seed: int = 0) -> tuple[dict, torch.Tensor]:
 # --- schemas (input and output names are stored in saved workflows) -------------------------
 
 SCHEMAS = {
-    "LayerFusionTransparentDecoderLoader": (["decoder_name"], ["decoder"]),
+    "LayerFusionTransparentDecoderLoader": (["decoder_name", "auto_download"], ["decoder"]),
     "LayerFusionTransparentDecode": (
         ["decoder", "latent", "image", "tta", "sub_batch"],
         ["rgba", "rgb", "mask"],
