@@ -188,3 +188,52 @@ def test_sampler_node_warns_without_eos_index(pack, tiny_sdxl, caplog):
         out = result(ch.run_node(pack.node("LayerFusionTripletSampler"), **inputs))
     assert "no EOS index" in caplog.text
     assert torch.isfinite(out[2]["samples"]).all()
+
+
+def test_foreground_loader_auto_download_from_a_local_server(pack, layer_model_dir, tmp_path_factory, monkeypatch):
+    """The loader's auto_download fetches a missing known file, verified, into layer_model."""
+    import hashlib
+    import http.server
+    import sys
+    import threading
+
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for p in SDXL.projections:
+        sd[f"diffusion_model.{p.ldm_path}.weight::lora::0"] = torch.randn(p.shape[0], 1, generator=g).half()
+        sd[f"diffusion_model.{p.ldm_path}.weight::lora::1"] = torch.randn(1, p.shape[1], generator=g).half()
+    served = tmp_path_factory.mktemp("served")
+    save_file(sd, served / "layer_xl_transparent_attn.safetensors")
+    digest = hashlib.sha256((served / "layer_xl_transparent_attn.safetensors").read_bytes()).hexdigest()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        downloads = next(
+            m
+            for n, m in sys.modules.items()
+            if n.endswith("nodes.downloads") and hasattr(m, "ensure_layer_model")
+        )
+        base = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        monkeypatch.setattr(downloads, "download_url", lambda name: base + name)
+        monkeypatch.setattr(downloads, "hub_sha256", lambda url, *a, **k: digest)
+        monkeypatch.setattr(downloads, "layer_model_dir", lambda: str(layer_model_dir))
+        node = pack.node("LayerFusionForegroundLoader")
+        name = "layer_xl_transparent_attn.safetensors"
+        with pytest.raises(FileNotFoundError, match="was not found"):
+            ch.run_node(node, weights_name=name, strength=1.0, application="on_the_fly")
+        (weights,) = result(
+            ch.run_node(node, weights_name=name, strength=1.0, application="on_the_fly", auto_download=True)
+        )
+        assert len(weights.deltas) == 560
+        assert hashlib.sha256((layer_model_dir / name).read_bytes()).hexdigest() == digest
+        assert not [p for p in layer_model_dir.iterdir() if p.name != name]  # no partial files left
+    finally:
+        httpd.shutdown()
