@@ -86,7 +86,9 @@ class LayerFusionTripletSampler(io.ComfyNode):
             ],
             outputs=[
                 io.Latent.Output(
-                    "fg_latent", tooltip="Foreground latent: decode with the VAE, then Transparent Decode."
+                    "fg_latent",
+                    display_name="fg_latent",
+                    tooltip="Foreground latent: decode with the VAE, then Transparent Decode.",
                 ),
                 io.Latent.Output("bg_latent", display_name="bg_latent", tooltip="Background latent."),
                 io.Latent.Output(

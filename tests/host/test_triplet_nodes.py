@@ -190,7 +190,9 @@ def test_sampler_node_warns_without_eos_index(pack, tiny_sdxl, caplog):
     assert torch.isfinite(out[2]["samples"]).all()
 
 
-def test_foreground_loader_auto_download_from_a_local_server(pack, layer_model_dir, tmp_path_factory, monkeypatch):
+def test_foreground_loader_auto_download_from_a_local_server(
+    pack, layer_model_dir, tmp_path_factory, monkeypatch
+):
     """The loader's auto_download fetches a missing known file, verified, into layer_model."""
     import hashlib
     import http.server

@@ -1,0 +1,375 @@
+"""Every shipped workflow (workflows/*.json) against the node definitions of a real ComfyUI with
+this pack loaded through ComfyUI's own loader: node types exist, links join matching types,
+widget values are valid for their inputs, the defaults are METHOD.md's; then ComfyUI's own
+prompt validation and execution engine run them with the tiny random SDXL model standing in
+for the checkpoint and the FG weights file (tests/support/tiny_stand_ins.py).
+
+The UI -> API conversion is tools/comfy_api_format.py's (the headless runner's), fed with
+/object_info computed in-process exactly as ComfyUI's server computes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib.util
+import json
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import save_file
+from support.comfy_host import REPO_ROOT, ComfyHost
+from support.object_info import object_info
+from support.tiny_stand_ins import random_decoder_state_dict, registered, substitute
+
+from layerfusion_core.model_files import DEFAULT_DECODER_FILE
+
+TOOLS = REPO_ROOT / "tools"
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))
+
+import comfy_api_format as caf  # noqa: E402
+
+WORKFLOWS = REPO_ROOT / "workflows"
+README = REPO_ROOT / "README.md"
+EXPECTED = {
+    "layerfusion_text_to_layers",
+    "layerfusion_options_and_masks",
+    "layerfusion_alpha_vs_generative",
+}
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+# Model-file combos: their options are the files present, which are absent here, so the
+# value is checked by name against the files the README tells users to download.
+MODEL_FILE_INPUTS = {"ckpt_name", "weights_name", "decoder_name", "vae_name"}
+# METHOD.md: the LayerDiffuse reference settings.
+METHOD_DEFAULTS = {"steps": 25, "cfg": 7.0, "sampler_name": "dpmpp_2m", "scheduler": "karras"}
+METHOD_SIZE = (1024, 1024)
+E2E_SIZE = 128
+E2E_STEPS = 2
+
+
+def workflow_paths() -> list[Path]:
+    return sorted(WORKFLOWS.glob("*.json"))
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+WORKFLOW_IDS = [p.stem for p in workflow_paths()]
+PARAMS = pytest.mark.parametrize("path", workflow_paths(), ids=WORKFLOW_IDS)
+
+
+@pytest.fixture(scope="module")
+def info(comfy_host: ComfyHost, pack) -> dict[str, dict[str, Any]]:
+    """/object_info of every registered node: ComfyUI's nodes.py, its built-in comfy_extras
+    (loaded as a server does at startup, e.g. MaskToImage) and this pack's."""
+    nodes = comfy_host.nodes
+    if "MaskToImage" not in nodes.NODE_CLASS_MAPPINGS:
+        asyncio.run(nodes.init_builtin_extra_nodes())
+    return object_info(nodes)
+
+
+def executing_nodes(workflow: dict[str, Any]) -> list[dict[str, Any]]:
+    return [n for n in workflow["nodes"] if n["type"] not in FRONTEND_ONLY]
+
+
+def readme_model_files() -> set[str]:
+    return set(re.findall(r"[\w.\-]+\.safetensors", README.read_text()))
+
+
+def input_spec(info: dict[str, Any], name: str) -> tuple[Any, dict[str, Any]]:
+    for section in ("required", "optional"):
+        spec = info["input"].get(section, {}).get(name)
+        if spec is not None:
+            return spec[0], (spec[1] if len(spec) > 1 else {})
+    raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------------------
+# Static checks against the node definitions
+# ---------------------------------------------------------------------------------------
+
+
+def test_the_three_workflows_are_shipped_with_thumbnails() -> None:
+    assert {p.stem for p in workflow_paths()} >= EXPECTED
+    for path in workflow_paths():
+        workflow = load(path)
+        assert isinstance(workflow.get("nodes"), list) and isinstance(workflow.get("links"), list), path.name
+        assert (path.with_suffix(".jpg")).is_file(), f"{path.stem}.jpg (graph screenshot) is missing"
+
+
+@PARAMS
+def test_every_node_type_exists(info, path: Path) -> None:
+    missing = sorted({n["type"] for n in executing_nodes(load(path))} - set(info))
+    assert not missing, f"{path.name}: node types unknown to ComfyUI with this pack: {missing}"
+
+
+@PARAMS
+def test_links_join_matching_types(info, path: Path) -> None:
+    workflow = load(path)
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    for link_id, origin, origin_slot, target, target_slot, link_type in workflow["links"]:
+        source, dest = nodes[origin], nodes[target]
+        # The link table and the nodes' own slots agree (what the frontend relies on).
+        assert link_id in (source["outputs"][origin_slot].get("links") or []), link_id
+        slot = dest["inputs"][target_slot]
+        assert slot["link"] == link_id, (
+            f"{path.name}: link {link_id} is not on {dest['type']} slot {target_slot}"
+        )
+        out_type = info[source["type"]]["output"][origin_slot]
+        in_type, _ = input_spec(info[dest["type"]], slot["name"])
+        where = (
+            f"{path.name}: link {link_id} {source['type']}[{origin_slot}] -> {dest['type']}.{slot['name']}"
+        )
+        assert isinstance(in_type, str) and in_type in (out_type, "*"), f"{where}: {out_type} into {in_type}"
+        assert link_type in (out_type, "*"), f"{where}: link says {link_type}, output is {out_type}"
+
+
+@PARAMS
+def test_required_sockets_are_connected(info, path: Path) -> None:
+    for node in executing_nodes(load(path)):
+        linked = {s["name"] for s in node.get("inputs", []) if s.get("link") is not None}
+        for spec in caf.node_inputs(info[node["type"]]):
+            if spec.required and not spec.is_widget:
+                assert spec.name in linked, (
+                    f"{path.name}: {node['type']} {node['id']}.{spec.name} is not connected"
+                )
+
+
+def check_widget_value(class_type: str, name: str, value: Any, spec_type: Any, options: dict) -> None:
+    where = f"{class_type}.{name} = {value!r}"
+    if name in MODEL_FILE_INPUTS:  # by name only: see test_model_files_are_the_readme_downloads
+        assert isinstance(value, str) and value.endswith(".safetensors"), where
+        return
+    if isinstance(spec_type, list) or spec_type == "COMBO":
+        choices = spec_type if isinstance(spec_type, list) else options.get("options", [])
+        assert value in choices, f"{where}: not one of {choices}"
+    elif spec_type == "INT":
+        assert isinstance(value, int) and not isinstance(value, bool), where
+        assert options.get("min", -(2**64)) <= value <= options.get("max", 2**64), f"{where}: out of range"
+    elif spec_type == "FLOAT":
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+        assert options.get("min", -float("inf")) <= value <= options.get("max", float("inf")), where
+    elif spec_type == "BOOLEAN":
+        assert isinstance(value, bool), where
+    elif spec_type == "STRING":
+        assert isinstance(value, str), where
+    else:
+        raise AssertionError(f"{where}: unexpected widget type {spec_type}")
+
+
+@PARAMS
+def test_widget_values_are_valid(info, path: Path) -> None:
+    for node in executing_nodes(load(path)):
+        node_info = info[node["type"]]
+        values = node.get("widgets_values", [])
+        layout = caf.widget_layout(node_info)
+        assert len(values) == len(layout), (
+            f"{path.name}: {node['type']} {node['id']} has {len(values)} widget values, this ComfyUI "
+            f"expects {len(layout)} ({[s.name for s in layout]})"
+        )
+        for slot, value in zip(layout, values, strict=True):
+            if slot.name is None:  # frontend-only, e.g. control_after_generate
+                if slot.control:
+                    assert value in caf.CONTROL_VALUES, f"{node['type']}: control value {value!r}"
+                continue
+            spec_type, options = input_spec(node_info, slot.name)
+            check_widget_value(node["type"], slot.name, value, spec_type, options)
+
+
+@PARAMS
+def test_model_files_are_the_readme_downloads(info, path: Path) -> None:
+    """Model-file choices list the files present, which are absent here: the workflow's file
+    names must be ones the README tells users to download."""
+    known = readme_model_files()
+    for node in executing_nodes(load(path)):
+        for name, value in widget_values(info, node).items():
+            if name in MODEL_FILE_INPUTS:
+                assert value in known, (
+                    f"{path.name}: {node['type']}.{name} = {value!r} is not a file the README names "
+                    f"({sorted(known)})"
+                )
+
+
+def widget_values(info, node: dict[str, Any]) -> dict[str, Any]:
+    return caf.assign_widget_values(info[node["type"]], node.get("widgets_values", []))
+
+
+@PARAMS
+def test_defaults_follow_method_md(info, path: Path) -> None:
+    workflow = load(path)
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    samplers = [n for n in workflow["nodes"] if n["type"] == "LayerFusionTripletSampler"]
+    assert len(samplers) == 1, path.name
+    sampler = samplers[0]
+    values = widget_values(info, sampler)
+    assert {k: values[k] for k in METHOD_DEFAULTS} == METHOD_DEFAULTS
+    assert values["denoise"] == 1.0
+    latent_link = next(s["link"] for s in sampler["inputs"] if s["name"] == "latent_image")
+    latent = nodes[next(link[1] for link in workflow["links"] if link[0] == latent_link)]
+    assert latent["type"] == "EmptyLatentImage"
+    size = widget_values(info, latent)
+    assert (size["width"], size["height"]) == METHOD_SIZE
+    # Option nodes, where shown, start at their defaults (the paper's k = 10, tau = 0.5, ...).
+    for node in workflow["nodes"]:
+        if node["type"] in ("LayerFusionPriorExtractor", "LayerFusionMaskBlender"):
+            defaults = {s.name: caf.widget_default(s) for s in caf.node_inputs(info[node["type"]])}
+            assert widget_values(info, node) == defaults, node["type"]
+
+
+def test_workflow_variants_have_their_extra_nodes(info) -> None:
+    options = load(WORKFLOWS / "layerfusion_options_and_masks.json")
+    types = [n["type"] for n in options["nodes"]]
+    assert {"LayerFusionPriorExtractor", "LayerFusionMaskBlender"} <= set(types)
+    assert types.count("MaskToImage") == 2 and types.count("PreviewImage") == 2
+    compare = load(WORKFLOWS / "layerfusion_alpha_vs_generative.json")
+    types = [n["type"] for n in compare["nodes"]]
+    assert "LayerFusionAlphaComposite" in types and types.count("PreviewImage") == 2
+    for workflow in (options, compare, load(WORKFLOWS / "layerfusion_text_to_layers.json")):
+        save = next(n for n in workflow["nodes"] if n["type"] == "LayerFusionSaveLayers")
+        assert widget_values(info, save)["save_psd"] is True  # PNG and PSD
+
+
+# ---------------------------------------------------------------------------------------
+# ComfyUI's own validation and execution, with the tiny model standing in
+# ---------------------------------------------------------------------------------------
+
+
+class RecordingServer:
+    """What execution.PromptExecutor needs from PromptServer: it records the messages."""
+
+    def __init__(self) -> None:
+        self.client_id = None
+        self.last_node_id = None
+        self.sockets_metadata: dict[str, Any] = {}
+        self.messages: list[tuple[str, Any]] = []
+
+    def send_sync(self, event: str, data: Any, sid: Any = None) -> None:
+        self.messages.append((event, data))
+
+    def queue_updated(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def layer_model_dir(comfy_host: ComfyHost, pack, tmp_path_factory) -> Iterator[Path]:
+    """A layer_model folder, first in ComfyUI's search list, holding a transparent decoder with
+    the real keys and shapes and random weights under the README's file name."""
+    folder = tmp_path_factory.mktemp("workflow_layer_model")
+    save_file(random_decoder_state_dict(), str(folder / DEFAULT_DECODER_FILE))
+    fp = comfy_host.folder_paths
+    paths = fp.folder_names_and_paths["layer_model"][0]
+    paths.insert(0, str(folder))
+    fp.filename_list_cache.pop("layer_model", None)
+    yield folder
+    paths.remove(str(folder))
+    fp.filename_list_cache.pop("layer_model", None)
+
+
+@pytest.fixture
+def stand_ins(comfy_host: ComfyHost) -> Iterator[None]:
+    with registered(comfy_host.nodes):
+        yield
+
+
+def tiny_prompt(info, path: Path, prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(API prompt, UI workflow): converted as the headless runner converts, at 128x128 with 2
+    steps, the model loaders swapped for the tiny stand-ins, saving under ``prefix``."""
+    workflow = load(path)
+    prompt = caf.ui_to_api(workflow, info)
+    caf.apply_overrides(prompt, {"width": E2E_SIZE, "height": E2E_SIZE, "steps": E2E_STEPS})
+    swapped = substitute(prompt)
+    assert len(swapped) == 2, swapped
+    for node in prompt.values():
+        if node["class_type"] == "LayerFusionSaveLayers":
+            node["inputs"]["filename_prefix"] = prefix
+            if importlib.util.find_spec("psd_tools") is None:
+                node["inputs"]["save_psd"] = False
+    return prompt, workflow
+
+
+def validate(prompt: dict[str, Any]) -> list[str]:
+    import execution
+
+    valid, error, outputs, node_errors = asyncio.run(
+        execution.validate_prompt(str(uuid.uuid4()), prompt, None)
+    )
+    assert valid is True, f"ComfyUI refused the prompt: {error} {json.dumps(node_errors)[:2000]}"
+    return outputs
+
+
+@PARAMS
+def test_comfyui_accepts_the_converted_prompt(info, layer_model_dir, stand_ins, path: Path) -> None:
+    prompt, _ = tiny_prompt(info, path, "validate")
+    outputs = validate(prompt)
+    save_ids = [nid for nid, n in prompt.items() if n["class_type"] == "LayerFusionSaveLayers"]
+    assert set(save_ids) <= set(outputs)
+
+
+def run_prompt(prompt: dict[str, Any], workflow: dict[str, Any]) -> dict[str, Any]:
+    """Validate and execute with ComfyUI's PromptExecutor; return its history entry."""
+    import execution
+
+    outputs = validate(prompt)
+    server = RecordingServer()
+    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC)
+    extra = {"extra_pnginfo": {"workflow": copy.deepcopy(workflow)}}
+    executor.execute(prompt, str(uuid.uuid4()), extra, outputs)
+    errors = [data for event, data in server.messages if event == "execution_error"]
+    assert executor.success and not errors, errors[:1]
+    return executor.history_result
+
+
+def node_id_of(prompt: dict[str, Any], class_type: str) -> list[str]:
+    return [nid for nid, n in prompt.items() if n["class_type"] == class_type]
+
+
+def test_text_to_layers_runs_end_to_end_with_the_tiny_model(
+    comfy_host: ComfyHost, info, layer_model_dir, stand_ins
+) -> None:
+    prompt, workflow = tiny_prompt(info, WORKFLOWS / "layerfusion_text_to_layers.json", "e2e/layers")
+    history = run_prompt(prompt, workflow)
+
+    out = Path(comfy_host.folder_paths.get_output_directory()) / "e2e"
+    fg = Image.open(out / "layers_00001_fg.png")
+    assert fg.mode == "RGBA" and fg.size == (E2E_SIZE, E2E_SIZE)
+    alpha = np.asarray(fg)[..., 3]
+    assert alpha.min() < 255 and len(np.unique(alpha)) > 1  # the decoder's alpha, not an opaque fill
+    for layer in ("bg", "blended"):
+        image = Image.open(out / f"layers_00001_{layer}.png")
+        assert image.mode == "RGB" and image.size == (E2E_SIZE, E2E_SIZE)
+    saves_psd = prompt[node_id_of(prompt, "LayerFusionSaveLayers")[0]]["inputs"]["save_psd"]
+    assert (out / "layers_00001_layers.psd").is_file() == saves_psd
+    (save_id,) = node_id_of(prompt, "LayerFusionSaveLayers")
+    shown = [f["filename"] for f in history["outputs"][save_id]["images"]]
+    assert shown == ["layers_00001_fg.png", "layers_00001_bg.png", "layers_00001_blended.png"]
+    # The workflow travels in the PNG, as with SaveImage: dropping the file on ComfyUI reloads it.
+    assert json.loads(fg.info["workflow"])["nodes"]
+
+
+@pytest.mark.parametrize("name", ["layerfusion_options_and_masks", "layerfusion_alpha_vs_generative"])
+def test_the_other_workflows_run_with_the_tiny_model(
+    comfy_host: ComfyHost, info, layer_model_dir, stand_ins, name: str
+) -> None:
+    prompt, workflow = tiny_prompt(info, WORKFLOWS / f"{name}.json", f"e2e/{name}")
+    history = run_prompt(prompt, workflow)
+    out = Path(comfy_host.folder_paths.get_output_directory()) / "e2e"
+    saved = sorted(p.name for p in out.glob(f"{name}_00001_*"))
+    layers = [f"{name}_00001_{x}.png" for x in ("bg", "blended", "fg")]
+    if name == "layerfusion_options_and_masks":
+        layers += [f"{name}_00001_{x}.png" for x in ("hard_mask", "soft_mask")]
+    assert set(layers) <= set(saved), saved
+    previews = node_id_of(prompt, "PreviewImage")
+    assert len(previews) == 2
+    for node_id in previews:
+        (image,) = history["outputs"][node_id]["images"]
+        path = Path(comfy_host.folder_paths.get_temp_directory()) / image["subfolder"] / image["filename"]
+        assert Image.open(path).size == (E2E_SIZE, E2E_SIZE)
