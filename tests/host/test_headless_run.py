@@ -4,103 +4,25 @@ unreachable server give one clear line and a non-zero exit status."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 from support.comfy_host import REPO_ROOT, ComfyHost
+from support.comfy_server import ComfyServer, comfy_server, free_port
 
 RUN = REPO_ROOT / "tools" / "layerfusion_run.py"
-START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    output_dir: Path
-    log: Path
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-@contextlib.contextmanager
-def comfy_server(root: Path, base: Path, extra_args: tuple[str, ...] = ()) -> Iterator[Server]:
-    """A ComfyUI server (``main.py --cpu``) on a free 127.0.0.1 port, with its input, output,
-    temp and user folders and its database under ``base``; stopped on exit."""
-    folders = {name: base / name for name in ("input", "output", "temp", "user")}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = base / "server.log"
-    command = [
-        sys.executable,
-        "main.py",
-        "--cpu",
-        "--listen",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--input-directory",
-        str(folders["input"]),
-        "--output-directory",
-        str(folders["output"]),
-        "--temp-directory",
-        str(folders["temp"]),
-        "--user-directory",
-        str(folders["user"]),
-        "--database-url",
-        "sqlite:///:memory:",
-        *extra_args,
-    ]
-    server = Server(f"http://127.0.0.1:{port}", folders["output"], log)
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(command, cwd=root, stdout=log_file, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"ComfyUI exited with {process.returncode} at startup:\n{server.log_tail()}")
-                try:
-                    with urllib.request.urlopen(server.url + "/object_info", timeout=5) as answer:
-                        if answer.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"ComfyUI did not answer within {START_TIMEOUT_S:g} s:\n{server.log_tail()}")
-                time.sleep(0.25)
-            yield server
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
-def server(comfy_host: ComfyHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with comfy_server(
-        comfy_host.root, tmp_path_factory.mktemp("comfy_server"), ("--disable-all-custom-nodes",)
-    ) as s:
+def server(comfy_host: ComfyHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
+    with comfy_server(comfy_host.root, tmp_path_factory.mktemp("comfy_server")) as s:
         yield s
 
 
@@ -158,7 +80,7 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
-def test_workflow_runs_and_the_image_arrives_in_out(server: Server, tmp_path: Path) -> None:
+def test_workflow_runs_and_the_image_arrives_in_out(server: ComfyServer, tmp_path: Path) -> None:
     workflow = write_json(tmp_path / "invert.json", invert_workflow())
     out = tmp_path / "out"
     result = run_command(
@@ -176,7 +98,7 @@ def test_workflow_runs_and_the_image_arrives_in_out(server: Server, tmp_path: Pa
     assert not list(server.output_dir.glob("muted*"))
 
 
-def test_missing_model_file_names_node_input_value_and_folder(server: Server, tmp_path: Path) -> None:
+def test_missing_model_file_names_node_input_value_and_folder(server: ComfyServer, tmp_path: Path) -> None:
     workflow = {
         "nodes": [
             ui_node(
@@ -205,7 +127,7 @@ def test_missing_model_file_names_node_input_value_and_folder(server: Server, tm
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_node_type_says_the_pack_is_missing(server: Server, tmp_path: Path) -> None:
+def test_unknown_node_type_says_the_pack_is_missing(server: ComfyServer, tmp_path: Path) -> None:
     workflow = invert_workflow()
     workflow["nodes"][2]["type"] = "LayerFusionTripletSampler"
     path = write_json(tmp_path / "unknown.json", workflow)
