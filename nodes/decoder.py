@@ -10,22 +10,21 @@ decode, which lets ComfyUI evict or offload other models first.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from comfy_api.latest import io
 
-from ..layerfusion_core.model_files import DEFAULT_DECODER_FILE, KNOWN_FILES, FileKind, missing_file_message
+from ..layerfusion_core.model_files import DEFAULT_DECODER_FILE, FileKind, missing_file_message
 from ..layerfusion_core.transparent_vae import (
     LATENT_SCALE,
     TTA_TRANSFORMS,
     TransparentDecoder,
     estimate_memory_bytes,
 )
-from .downloads import ensure_layer_model
-from .model_folders import layer_model_dir, layer_model_files, layer_model_path
+from .downloads import auto_download_input, find_layer_file, layer_file_choices
+from .model_folders import layer_model_dir
 from .types import DecoderType
 
 log = logging.getLogger(__name__)
@@ -59,10 +58,8 @@ def load_transparent_decoder(name: str, auto_download: bool = False) -> LoadedDe
     import comfy.model_patcher
     import comfy.utils
 
-    path = layer_model_path(name)
-    if (path is None or not os.path.isfile(path)) and auto_download:
-        path = ensure_layer_model(name)
-    if path is None or not os.path.isfile(path):
+    path = find_layer_file(name, auto_download)
+    if path is None:
         raise FileNotFoundError(f"decoder_name: {missing_file_message(name, layer_model_dir())}")
     if any(marker in name.lower() for marker in SD15_MARKERS):
         log.warning(
@@ -154,9 +151,7 @@ def check_decode_inputs(decoder: Any, latent: Any, image: Any) -> torch.Tensor:
 class LayerFusionTransparentDecoderLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        present = layer_model_files()
-        known = [f.name for f in KNOWN_FILES if f.kind == FileKind.DECODER]
-        files = present + [name for name in known if name not in present]
+        files = layer_file_choices(FileKind.DECODER)
         return io.Schema(
             node_id="LayerFusionTransparentDecoderLoader",
             display_name="LayerFusion Transparent Decoder Loader",
@@ -174,13 +169,7 @@ class LayerFusionTransparentDecoderLoader(io.ComfyNode):
                     "(LayerDiffusion/layerdiffusion-v1) or ld_diffusers_sdxl_vae_transparent_decoder"
                     ".safetensors (lllyasviel/LayerDiffuse_Diffusers); both hold the same decoder.",
                 ),
-                io.Boolean.Input(
-                    "auto_download",
-                    default=False,
-                    optional=True,
-                    tooltip="Download the file from Hugging Face into models/layer_model/ when it is missing "
-                    "(SHA-256 checked against the hub's metadata).",
-                ),
+                auto_download_input(),
             ],
             outputs=[
                 DecoderType.Output(

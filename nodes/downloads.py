@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import os
 
+from comfy_api.latest import io
+
 from ..layerfusion_core.downloads import download_file, hub_sha256
 from ..layerfusion_core.model_files import BY_NAME, FileKind, download_url, pinned_sha256
-from .model_folders import layer_model_dir, layer_model_path
+from .model_folders import layer_model_dir, layer_model_files, layer_model_path
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +54,30 @@ def ensure_layer_model(name: str) -> str:
     log.info("downloading %s (about %d MB) from %s into %s", name, known.size_mb, url, dest)
     download_file(url, dest, expected_sha256=expected, progress=progress)
     return dest
+
+
+def layer_file_choices(*kinds: FileKind) -> list[str]:
+    """Files present in layer_model, plus the known files of ``kinds`` not downloaded yet
+    (selecting one explains where to get it, or downloads it with auto_download)."""
+    present = layer_model_files()
+    known = [f.name for f in BY_NAME.values() if f.kind in kinds]
+    return present + [name for name in known if name not in present]
+
+
+def find_layer_file(name: str, auto_download: bool) -> str | None:
+    """Path of ``name`` in layer_model; downloaded first when missing and ``auto_download``."""
+    path = layer_model_path(name)
+    if (path is None or not os.path.isfile(path)) and auto_download:
+        path = ensure_layer_model(name)
+    return path if path is not None and os.path.isfile(path) else None
+
+
+def auto_download_input() -> io.Boolean.Input:
+    """The loaders' optional ``auto_download`` widget."""
+    return io.Boolean.Input(
+        "auto_download",
+        default=False,
+        optional=True,
+        tooltip="Download the file from Hugging Face into models/layer_model/ when it is missing "
+        "(SHA-256 checked against the hub's metadata).",
+    )

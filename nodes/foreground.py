@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import os
-
 from comfy_api.latest import io
 
 from ..layerfusion_core.fg_weights import parse_foreground_weights
 from ..layerfusion_core.model_files import (
     DEFAULT_FG_FILE,
-    KNOWN_FILES,
     FileKind,
     missing_file_message,
     unsupported_reason,
 )
 from ..layerfusion_core.options import WeightApplication
 from ..layerfusion_core.sdxl import SDXL
-from .downloads import ensure_layer_model
-from .model_folders import layer_model_dir, layer_model_files, layer_model_path
+from .downloads import auto_download_input, find_layer_file, layer_file_choices
+from .model_folders import layer_model_dir
 from .types import ForegroundWeightsType
-
-
-def foreground_file_choices() -> list[str]:
-    """Files present in layer_model, plus the known FG files not downloaded yet (selecting
-    one explains where to get it, or downloads it with auto_download)."""
-    files = layer_model_files()
-    known = [f.name for f in KNOWN_FILES if f.kind in (FileKind.FG_LORA, FileKind.FG_OFFSETS)]
-    return files + [name for name in known if name not in files]
 
 
 def load_foreground_weights(name: str, auto_download: bool = False):
@@ -36,10 +25,8 @@ def load_foreground_weights(name: str, auto_download: bool = False):
     reason = unsupported_reason(name)
     if reason:
         raise ValueError(f"weights_name: {name} cannot be used as LayerFusion FG weights: {reason}")
-    path = layer_model_path(name)
-    if (path is None or not os.path.isfile(path)) and auto_download:
-        path = ensure_layer_model(name)
-    if path is None or not os.path.isfile(path):
+    path = find_layer_file(name, auto_download)
+    if path is None:
         raise FileNotFoundError(f"weights_name: {missing_file_message(name, layer_model_dir())}")
     state_dict = comfy.utils.load_torch_file(path, safe_load=True)
     try:
@@ -51,7 +38,7 @@ def load_foreground_weights(name: str, auto_download: bool = False):
 class LayerFusionForegroundLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        files = foreground_file_choices()
+        files = layer_file_choices(FileKind.FG_LORA, FileKind.FG_OFFSETS)
         return io.Schema(
             node_id="LayerFusionForegroundLoader",
             display_name="LayerFusion Foreground Weights Loader",
@@ -82,13 +69,7 @@ class LayerFusionForegroundLoader(io.ComfyNode):
                     tooltip="on_the_fly: add x·down·up for the FG rows (no extra memory). merged: keep a "
                     "merged weight copy for the FG rows (+1.9 GB at fp16 for SDXL).",
                 ),
-                io.Boolean.Input(
-                    "auto_download",
-                    default=False,
-                    optional=True,
-                    tooltip="Download the file from Hugging Face into models/layer_model/ when it is missing "
-                    "(SHA-256 checked against the hub's metadata).",
-                ),
+                auto_download_input(),
             ],
             outputs=[ForegroundWeightsType.Output("fg_weights", display_name="fg_weights")],
         )
