@@ -8,6 +8,7 @@ bit-identical.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -101,10 +102,11 @@ class RowDelta:
 
 
 _ROW_CLASSES: dict[type, type] = {}
+_ROW_DELTAS: weakref.WeakKeyDictionary[torch.nn.Module, RowDelta] = weakref.WeakKeyDictionary()
 
 
 def row_delta_class(base_cls: type[torch.nn.Module]) -> type[torch.nn.Module]:
-    """A subclass of ``base_cls`` whose forward adds ``self.layerfusion_delta`` to selected rows.
+    """A subclass of ``base_cls`` whose forward adds the module's row delta to selected rows.
 
     Subclassing (rather than wrapping) keeps the module's own weight handling (ComfyUI's
     casting, low-VRAM weight functions, weight patches by module path) working unchanged.
@@ -114,7 +116,8 @@ def row_delta_class(base_cls: type[torch.nn.Module]) -> type[torch.nn.Module]:
 
         def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             out = base_cls.forward(self, x, *args, **kwargs)
-            return self.layerfusion_delta.apply(self, x, out)
+            delta = _ROW_DELTAS.get(self)
+            return out if delta is None else delta.apply(self, x, out)
 
         cls = type(f"LayerFusionRows{base_cls.__name__}", (base_cls,), {"forward": forward})
         _ROW_CLASSES[base_cls] = cls
@@ -122,15 +125,16 @@ def row_delta_class(base_cls: type[torch.nn.Module]) -> type[torch.nn.Module]:
 
 
 def make_row_delta_module(base: torch.nn.Module, delta: RowDelta) -> torch.nn.Module:
-    """A new module sharing ``base``'s parameters and buffers, adding ``delta`` to selected rows.
+    """``base`` seen through a subclass whose forward adds ``delta`` to selected rows.
 
-    ``base`` itself is left untouched (its parameter dicts are copied, not shared), so the
-    caller's model is unchanged when the new module is swapped in on a clone.
+    The new module shares ``base``'s instance state (its ``__dict__``: parameters, buffers
+    and every attribute the host keeps on it), so whatever the host records on the module
+    while it is swapped in (weight patches applied, cast flags, low-VRAM functions) is true
+    of ``base`` once it is swapped back: the two are one module with two forwards. The delta
+    is held beside it, not on it, so ``base`` itself never sees it.
     """
-    module = row_delta_class(type(base)).__new__(row_delta_class(type(base)))
-    module.__dict__.update(base.__dict__)
-    module._parameters = dict(base._parameters)
-    module._buffers = dict(base._buffers)
-    module._modules = dict(base._modules)
-    module.layerfusion_delta = delta
+    cls = row_delta_class(type(base))
+    module = cls.__new__(cls)
+    object.__setattr__(module, "__dict__", base.__dict__)
+    _ROW_DELTAS[module] = delta
     return module

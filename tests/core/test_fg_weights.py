@@ -126,13 +126,23 @@ def test_row_delta_equals_global_merge_on_fg_rows_and_leaves_others_bit_identica
     assert torch.equal(module(x), plain)
 
 
-def test_row_delta_module_leaves_the_base_module_untouched():
+def test_row_delta_module_is_the_base_module_with_another_forward():
     base = torch.nn.Linear(4, 4)
-    before = {k: v.clone() for k, v in base.state_dict().items()}
-    module = make_row_delta_module(base, RowDelta(Offset(torch.ones(4, 4)), 1.0, "merged", RowSelection()))
-    module.weight = torch.nn.Parameter(torch.zeros(4, 4))  # what a weight patch by path would do
+    attributes = set(base.__dict__)
+    selection = RowSelection()
+    module = make_row_delta_module(base, RowDelta(Offset(torch.ones(4, 4)), 1.0, "merged", selection))
     assert isinstance(module, torch.nn.Linear) and type(base) is torch.nn.Linear
-    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    assert set(base.__dict__) == attributes  # the delta is not stored on the base module
+    # What the host records on the swapped-in module is true of the base module afterwards.
+    module.host_flag = True
+    module.weight = torch.nn.Parameter(torch.zeros(4, 4))  # a weight patch by path
+    assert base.host_flag is True and base.weight is module.weight
+    del module.host_flag
+    assert not hasattr(base, "host_flag")
+    selection.indices = torch.tensor([1])
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(module(x)[0], base(x)[0], rtol=0, atol=0)
+    torch.testing.assert_close(module(x)[1], x[1] @ torch.ones(4, 4).T + base.bias)
 
 
 def test_merged_cache_follows_in_place_weight_changes():
