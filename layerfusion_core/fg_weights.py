@@ -84,7 +84,8 @@ class ForegroundWeights:
     strength: float = 1.0
     application: WeightApplication = WeightApplication.ON_THE_FLY
     source: str = ""
-    _device_cache: dict = field(default_factory=dict, repr=False)
+    host_state: dict = field(default_factory=dict, repr=False)
+    """Shared by every view of these tensors: the host adapter keeps its handle on them here."""
 
     def with_settings(self, strength: float, application: WeightApplication) -> ForegroundWeights:
         """A view with another strength/application (the tensors are shared, not copied)."""
@@ -95,10 +96,12 @@ class ForegroundWeights:
             strength,
             WeightApplication(application),
             self.source,
+            self.host_state,
         )
 
     @property
     def num_bytes(self) -> int:
+        """Bytes held by the deltas' tensors."""
         total = 0
         for d in self.deltas.values():
             for t in vars(d).values():

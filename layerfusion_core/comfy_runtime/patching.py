@@ -7,6 +7,7 @@
   tag (the prior pass, and the sampler's main call, tagged by a CALC_COND_BATCH wrapper),
   so extra passes of other packs (PAG, SAG, ...) run untouched and keep their own hooks.
 - Per-run state is reset by an ON_PRE_RUN callback.
+- Memory: the FG weights and the extra attention work show in ComfyUI's estimate (memory.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..fg_weights import ForegroundWeights
 from ..options import BlockKey, LayerFusionOptions
 from ..sdxl import UNetLayout
 from ..streams import CallLayout, Stream, StreamRole, StreamSet
+from .memory import attention_row_factor, register_memory
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,9 @@ class LayerFusionPatch:
                 base = model.get_model_object(f"diffusion_model.{path}")
                 model.add_object_patch(f"diffusion_model.{path}", make_row_delta_module(base, row_delta))
                 self.deltas.append(row_delta)
+        register_memory(
+            model, weights, attention_row_factor(self.stream_set, self.controller.sharing), WRAPPER_KEY
+        )
         wrappers = comfy.patcher_extension.WrappersMP
         model.add_wrapper_with_key(wrappers.DIFFUSION_MODEL, WRAPPER_KEY, self._diffusion_model)
         model.add_wrapper_with_key(wrappers.PREDICT_NOISE, WRAPPER_KEY, self._predict_noise)

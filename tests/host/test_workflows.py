@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from safetensors.torch import save_file
-from support.comfy_host import REPO_ROOT, ComfyHost
+from support.comfy_host import REPO_ROOT, ComfyHost, prompt_executor
 from support.object_info import object_info
 from support.tiny_stand_ins import random_decoder_state_dict, registered, substitute
 
@@ -316,11 +316,10 @@ def test_comfyui_accepts_the_converted_prompt(info, layer_model_dir, stand_ins, 
 
 def run_prompt(prompt: dict[str, Any], workflow: dict[str, Any]) -> dict[str, Any]:
     """Validate and execute with ComfyUI's PromptExecutor; return its history entry."""
-    import execution
 
     outputs = validate(prompt)
     server = RecordingServer()
-    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC)
+    executor = prompt_executor(server)
     extra = {"extra_pnginfo": {"workflow": copy.deepcopy(workflow)}}
     executor.execute(prompt, str(uuid.uuid4()), extra, outputs)
     errors = [data for event, data in server.messages if event == "execution_error"]

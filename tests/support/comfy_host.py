@@ -336,13 +336,33 @@ def run_node(node_cls: type, hidden: Mapping[Any, Any] | None = None, **inputs: 
             member = key if isinstance(key, io.Hidden) else io.Hidden(key)
             hidden_inputs[member] = value
         node_cls.GET_SCHEMA()
-        clone = node_cls.PREPARE_CLASS_CLONE(hidden_inputs)
+        clone = node_cls.PREPARE_CLASS_CLONE(_class_clone_argument(node_cls, hidden_inputs))
         fn = make_locked_method_func(node_cls, node_cls.FUNCTION, clone)
     else:
         if hidden:
             raise TypeError("hidden inputs are passed as ordinary keyword inputs to V1 nodes")
         fn = getattr(node_cls(), node_cls.FUNCTION)
     return _run(fn(**inputs))
+
+
+def _class_clone_argument(node_cls: type, hidden_inputs: dict) -> Any:
+    """What ``PREPARE_CLASS_CLONE`` takes on this host: the hidden inputs themselves (0.3.x),
+    or a V3Data dict carrying them (``v3_data``, later hosts)."""
+    parameters = list(inspect.signature(node_cls.PREPARE_CLASS_CLONE).parameters)
+    if parameters and parameters[0] == "v3_data":
+        return {"hidden_inputs": hidden_inputs}
+    return hidden_inputs
+
+
+def prompt_executor(server: Any) -> Any:
+    """ComfyUI's ``execution.PromptExecutor`` with the classic cache, built with the
+    arguments this host's constructor wants (later hosts also take ``cache_args``)."""
+    import execution
+
+    kwargs: dict[str, Any] = {"cache_type": execution.CacheType.CLASSIC}
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        kwargs["cache_args"] = {"lru": 0, "ram": 0, "ram_inactive": 0}
+    return execution.PromptExecutor(server, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -492,14 +512,17 @@ def record_unet_calls(model_patcher: Any, key: str = "layerfusion_test_probe") -
 def low_free_memory(
     free_bytes: int = 1, callers: tuple[str, ...] | None = ("comfy.samplers",)
 ) -> Iterator[None]:
-    """Make ``comfy.model_management.get_free_memory`` report ``free_bytes``, so
-    comfy.samplers puts the cond and uncond chunks into separate UNet calls (negative first).
+    """Make ComfyUI's cond batching see ``free_bytes`` free, so comfy.samplers puts the cond
+    and uncond chunks into separate UNet calls (negative first).
 
-    By default only comfy.samplers' batching decision sees the low figure; model loading and
-    the attention chunking keep the real one, so results stay comparable with unsplit runs.
-    ``callers=None`` lowers it for every caller.
+    Older hosts ask ``comfy.model_management.get_free_memory`` from comfy.samplers; later
+    ones ask the model's patcher (``ModelPatcher.get_free_memory``), whose only caller is
+    that batching decision. By default only that decision sees the low figure; model
+    loading and the attention chunking keep the real one, so results stay comparable with
+    unsplit runs. ``callers=None`` lowers it for every caller of get_free_memory.
     """
     import comfy.model_management as mm
+    import comfy.model_patcher as mp
 
     real = mm.get_free_memory
 
@@ -509,11 +532,16 @@ def low_free_memory(
             return real(dev, torch_free_too)
         return (free_bytes, free_bytes) if torch_free_too else free_bytes
 
+    patcher_real = getattr(mp.ModelPatcher, "get_free_memory", None)
     mm.get_free_memory = fake
+    if patcher_real is not None:
+        mp.ModelPatcher.get_free_memory = lambda self, device=None: free_bytes
     try:
         yield
     finally:
         mm.get_free_memory = real
+        if patcher_real is not None:
+            mp.ModelPatcher.get_free_memory = patcher_real
 
 
 @contextlib.contextmanager

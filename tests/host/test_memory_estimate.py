@@ -1,0 +1,86 @@
+"""ComfyUI's model management sees what a LayerFusion run holds and does: the FG weights are a
+model it loads and counts, and the extra attention work scales its estimates."""
+
+import pytest
+from support import comfy_host as ch
+from support.fg_tiny import tiny_fg_weights
+from support.triplet_runs import NO_BLEND, conds, plain, run
+
+from layerfusion_core.comfy_runtime.memory import attention_row_factor
+from layerfusion_core.options import SharingMode
+from layerfusion_core.streams import StreamSet
+
+SHARING_FACTOR = 5 / 3  # BG and BLENDED rows see doubled keys: 3 rows cost 5
+
+
+@pytest.fixture
+def load_requests(monkeypatch):
+    """Every ``load_models_gpu`` call of a run: (models, memory_required)."""
+    import comfy.model_management as mm
+
+    seen = []
+    real = mm.load_models_gpu
+
+    def recording(models, memory_required=0, *args, **kwargs):
+        seen.append((list(models), memory_required))
+        return real(models, memory_required, *args, **kwargs)
+
+    monkeypatch.setattr(mm, "load_models_gpu", recording)
+    return seen
+
+
+def test_row_factor_counts_rows_with_doubled_keys():
+    triplet = StreamSet()
+    assert attention_row_factor(triplet, SharingMode.MASKED) == SHARING_FACTOR
+    assert attention_row_factor(triplet, SharingMode.BIDIRECTIONAL) == SHARING_FACTOR
+    assert attention_row_factor(triplet, SharingMode.ONE_DIRECTIONAL) == 4 / 3
+    assert attention_row_factor(triplet, SharingMode.OFF) == 1.0
+
+
+def test_fg_weights_are_loaded_and_counted_as_a_model(make_tiny_sdxl, load_requests, comfy_host):
+    model = make_tiny_sdxl(0)
+    weights = tiny_fg_weights(model)
+    plain(model, conds()[0], images=3)
+    (plain_models, plain_memory) = load_requests[-1]
+    run(model, weights=weights)
+    (models, memory) = load_requests[-1]
+    extra = [m for m in models if m not in plain_models and m.model is not model.model]
+    assert len(extra) == 1, models
+    fg_patcher = extra[0]
+    assert fg_patcher.model_size() == weights.num_bytes > 0
+    assert any(lm.model is fg_patcher for lm in comfy_host.model_management.current_loaded_models)
+    # The same noise shape (3 rows): the estimate is scaled by the sharing rows.
+    assert memory == pytest.approx(plain_memory * SHARING_FACTOR, rel=1e-6)
+    # A second run (another strength, the same file) reuses the same weights model.
+    run(model, weights=weights.with_settings(0.5, "on_the_fly"))
+    assert fg_patcher in load_requests[-1][0]
+
+
+def test_no_fg_model_and_no_scaling_without_weights_or_sharing(make_tiny_sdxl, load_requests):
+    model = make_tiny_sdxl(0)
+    plain(model, conds()[0], images=3)
+    plain_models, plain_memory = load_requests[-1]
+    run(model, NO_BLEND, weights=tiny_fg_weights(model, strength=0.0))
+    models, memory = load_requests[-1]
+    assert len(models) == len(plain_models)
+    assert memory == pytest.approx(plain_memory, rel=1e-6)
+
+
+def test_cond_batching_decision_sees_the_extra_rows(make_tiny_sdxl):
+    model = make_tiny_sdxl(0)
+    rows = 6  # one triplet, cond and uncond
+    needed = model.model.memory_required([rows, 4, 16, 16]) * 1.5
+    # Enough for a plain batch of 6 rows, not for LayerFusion's 6 rows worth 10.
+    free = int(needed * (1 + SHARING_FACTOR) / 2)
+    probe, calls = ch.record_unet_calls(model)
+    with ch.low_free_memory(free_bytes=free):
+        plain(probe, conds()[0], images=3)
+        assert {c.batch for c in calls} == {6}
+        calls.clear()
+        run(probe, steps=1)
+    main_calls = [c for c in calls if c.batch == 3]
+    assert main_calls and all(len(c.cond_or_uncond) == 1 for c in main_calls), calls
+    assert not any(c.batch == 6 for c in calls)
+    # Once ComfyUI swaps the caller's model back in, its own factor is back.
+    plain(model, conds()[0])
+    assert model.model.memory_usage_factor == make_tiny_sdxl(0).model.memory_usage_factor
