@@ -220,8 +220,10 @@ class LayerFusionPatch:
         precision = extra_options.get("attn_precision")
 
         def attention(q, k, v, heads_=heads, mask=None):
+            # transformer_options carries an attention override of another node where the
+            # host has them (0.25 and later); older hosts' attention functions ignore it.
             return comfy.ldm.modules.attention.optimized_attention(
-                q, k, v, heads_, mask=mask, attn_precision=precision
+                q, k, v, heads_, mask=mask, attn_precision=precision, transformer_options=extra_options
             )
 
         def call_through(q, k, v):
