@@ -25,6 +25,7 @@ from .options import (
     PriorOrientation,
     PriorTiming,
     SharingMode,
+    parse_layer_spec,
 )
 from .priors import OrientationVote, blend_masks, content_prior, minmax, orient, resize_prior, sparsity_score
 from .sdxl import UNetLayout
@@ -90,11 +91,12 @@ class LayerFusionController:
         layer = options.prior.structure_layer
         self.structure_block = unet.last_block.key if layer == "last" else _block_from_spec(layer)
         if self.structure_block not in unet.by_key:
-            raise ValueError(
-                f"structure_layer: {layer!r} is not a transformer block of {unet.name} "
-                f"(last is {'.'.join(map(str, unet.last_block.key))})"
-            )
+            raise ValueError(_not_a_block("structure_layer", layer, unet))
         blend = options.blend
+        _, layer_blocks = parse_layer_spec(blend.layers.spec)
+        absent = sorted(".".join(map(str, key)) for key in layer_blocks if key not in unet.by_key)
+        if absent:
+            raise ValueError(_not_a_block("layers", ", ".join(absent), unet))
         self.generative = blend.mode == BlendMode.GENERATIVE and stream_set.blended
         self.blend_blocks = frozenset(b.key for b in unet.blocks if blend.layers.contains(b.key))
         self.content_blocks = self.blend_blocks | {self.structure_block}
@@ -299,6 +301,13 @@ class LayerFusionController:
             hard_rows, self.options.blend.sharing_epsilon, call.attention,
         )  # fmt: skip
         return merge(out, layout)
+
+
+def _not_a_block(name: str, value: str, unet: UNetLayout) -> str:
+    return (
+        f"{name}: {value!r} is not a transformer block of {unet.name} "
+        f"(last is {'.'.join(map(str, unet.last_block.key))})"
+    )
 
 
 def _block_from_spec(spec: str) -> BlockKey:

@@ -11,7 +11,7 @@ from ..layerfusion_core.model_files import (
     missing_file_message,
     unsupported_reason,
 )
-from ..layerfusion_core.options import WeightApplication
+from ..layerfusion_core.options import WeightApplication, require_finite
 from ..layerfusion_core.sdxl import SDXL
 from .downloads import auto_download_input, find_layer_file, layer_file_choices
 from .model_folders import layer_model_dir
@@ -78,5 +78,6 @@ class LayerFusionForegroundLoader(io.ComfyNode):
     def execute(
         cls, weights_name: str, strength: float, application: str, auto_download: bool = False
     ) -> io.NodeOutput:
+        strength = require_finite("strength", strength)  # before reading a large file
         weights = load_foreground_weights(weights_name, auto_download)
         return io.NodeOutput(weights.with_settings(strength, WeightApplication(application)))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..conditioning import eos_per_image, fg_only_conditioning, stack_conditionings
 from ..fg_weights import ForegroundWeights
-from ..options import BlendMode, LayerFusionOptions
+from ..options import BlendMode, LayerFusionOptions, require_finite
 from ..sdxl import UNetLayout, layout_from_unet_config
 from ..streams import StreamRole, StreamSet
 from .patching import patch_model
@@ -103,6 +103,10 @@ def sample_triplet(
     import comfy.sample
     import comfy.samplers
 
+    cfg = require_finite("cfg", cfg)
+    denoise = require_finite("denoise", denoise)
+    if not 0.0 <= denoise <= 1.0:
+        raise ValueError(f"denoise: expected 0 <= denoise <= 1, got {denoise}")
     unet = model_unet_layout(model)
     if weights is not None:
         weights.check_fits(unet)
