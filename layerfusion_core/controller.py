@@ -101,13 +101,31 @@ class LayerFusionController:
         self.blend_blocks = frozenset(b.key for b in unet.blocks if blend.layers.contains(b.key))
         self.content_blocks = self.blend_blocks | {self.structure_block}
         self.sharing = blend.sharing if self.generative else SharingMode.OFF
+        self.vote_evaluations = options.prior.auto_vote_evaluations
+        self.reset()
+
+    def plan_evaluations(self, evaluations: int) -> None:
+        """The run has at least ``evaluations`` model evaluations inside the blending window:
+        an ``auto`` vote needing more could never decide (blending would silently stay off),
+        so it is shortened to that many, with a warning."""
+        needed = self.options.prior.auto_vote_evaluations
+        if self.options.prior.orientation != PriorOrientation.AUTO or not 0 < evaluations < needed:
+            return
+        log.warning(
+            "LayerFusion: auto_vote_evaluations is %d but the blending window of this run has only %d "
+            "evaluation(s); the orientation vote uses %d so that blending can start",
+            needed,
+            evaluations,
+            evaluations,
+        )
+        self.vote_evaluations = evaluations
         self.reset()
 
     # -- bookkeeping -------------------------------------------------------------------
     def reset(self) -> None:
         """Start of a sampling run: forget every map, vote and mask."""
         self.state = RunState()
-        self.vote = OrientationVote(self.options.prior.orientation, self.options.prior.auto_vote_evaluations)
+        self.vote = OrientationVote(self.options.prior.orientation, self.vote_evaluations)
 
     def begin_evaluation(self, active: bool) -> None:
         """Start of one model evaluation; ``active`` = inside the blending step range."""
@@ -178,7 +196,12 @@ class LayerFusionController:
         if maps is None or maps.sparsity is None:
             return None
         orientation = self.vote.decided
-        if orientation is None:  # AUTO that never voted (e.g. an empty blending window)
+        if orientation is None:  # AUTO that never decided (e.g. an empty blending window)
+            log.warning(
+                "LayerFusion: orientation 'auto' was never decided in this run (fewer voting evaluations "
+                "than auto_vote_evaluations=%d): nothing was blended; the returned masks use 'dense'",
+                self.vote_evaluations,
+            )
             orientation = PriorOrientation.DENSE
         masks = self._masks(maps, maps, self.structure_block, maps.sparsity_grid, orientation)
         return None if masks is None else (*masks, maps.sparsity_grid)
