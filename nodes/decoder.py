@@ -16,15 +16,14 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
-from ..layerfusion_core.model_files import DEFAULT_DECODER_FILE, FileKind, missing_file_message
+from ..layerfusion_core.model_files import DEFAULT_DECODER_FILE, FileKind
 from ..layerfusion_core.transparent_vae import (
     LATENT_SCALE,
     TTA_TRANSFORMS,
     TransparentDecoder,
     estimate_memory_bytes,
 )
-from .downloads import auto_download_input, find_layer_file, layer_file_choices
-from .model_folders import layer_model_dir
+from .downloads import auto_download_input, layer_file_choices, read_layer_file
 from .types import DecoderType
 
 log = logging.getLogger(__name__)
@@ -56,11 +55,7 @@ def load_transparent_decoder(name: str, auto_download: bool = False) -> LoadedDe
     """
     import comfy.model_management as mm
     import comfy.model_patcher
-    import comfy.utils
 
-    path = find_layer_file(name, auto_download)
-    if path is None:
-        raise FileNotFoundError(f"decoder_name: {missing_file_message(name, layer_model_dir())}")
     if any(marker in name.lower() for marker in SD15_MARKERS):
         log.warning(
             "%s looks like LayerDiffuse's SD1.5 transparent decoder; LayerFusion's FG latents come "
@@ -68,7 +63,7 @@ def load_transparent_decoder(name: str, auto_download: bool = False) -> LoadedDe
             name,
             DEFAULT_DECODER_FILE,
         )
-    state_dict = comfy.utils.load_torch_file(path, safe_load=True)
+    state_dict = read_layer_file("decoder_name", name, auto_download)
     try:
         decoder = TransparentDecoder.from_state_dict(state_dict)
     except ValueError as err:

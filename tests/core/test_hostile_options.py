@@ -15,7 +15,9 @@ NON_FINITE = [math.nan, math.inf, -math.inf]
 
 
 @pytest.mark.parametrize("value", NON_FINITE)
-@pytest.mark.parametrize("name", ["coefficient", "threshold", "start_percent", "end_percent", "sharing_epsilon"])
+@pytest.mark.parametrize(
+    "name", ["coefficient", "threshold", "start_percent", "end_percent", "sharing_epsilon"]
+)
 def test_blend_options_refuse_non_finite_values(name, value):
     with pytest.raises(ValueError, match=f"{name}: expected a finite number, got {value!r}"):
         BlendOptions(**{name: value})
@@ -44,7 +46,12 @@ def test_layers_naming_a_block_the_model_lacks_is_refused_like_structure_layer(s
     structure = PriorOptions(structure_layer=missing[0])
     with pytest.raises(ValueError) as structure_err:
         LayerFusionController(LayerFusionOptions(prior=structure), SDXL, StreamSet(), None)
-    assert str(structure_err.value).split(": ", 1)[1].split(" (")[0].endswith("is not a transformer block of SDXL")
+    assert (
+        str(structure_err.value)
+        .split(": ", 1)[1]
+        .split(" (")[0]
+        .endswith("is not a transformer block of SDXL")
+    )
 
 
 def test_layers_of_the_model_are_accepted():

@@ -72,7 +72,9 @@ def test_inpainting_prior_pass_sees_the_fg_rows_of_the_main_input(inpaint_model)
     seen = []
 
     def probe(executor, x, timesteps, context, y, control, transformer_options, *args, **kwargs):
-        seen.append((transformer_options.get("layerfusion_phase"), transformer_options.get("cond_or_uncond"), x))
+        seen.append(
+            (transformer_options.get("layerfusion_phase"), transformer_options.get("cond_or_uncond"), x)
+        )
         return executor(x, timesteps, context, y, control, transformer_options, *args, **kwargs)
 
     import comfy.patcher_extension
