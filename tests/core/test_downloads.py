@@ -306,7 +306,7 @@ def test_a_body_of_the_right_size_that_is_not_safetensors_is_not_kept(
     server: LocalServer, folder: Path
 ) -> None:
     dest = folder / "x.safetensors"
-    with pytest.raises(WrongBodyError, match="not a safetensors file|not valid JSON|header"):
+    with pytest.raises(WrongBodyError, match=r"not a safetensors file|not valid JSON|header"):
         download_verified(server.url("/html-sized.safetensors"), dest, len(HTML_PAGE) * 2000)
     assert list(folder.iterdir()) == []
 

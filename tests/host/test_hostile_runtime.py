@@ -32,7 +32,10 @@ def conds(negative=None):
     return fg, bg, bl, negative if negative is not None else ch.make_cond(4)
 
 
-def run(model, options=LayerFusionOptions(), latent=None, negative=None, weights="tiny", steps=3, **kw):
+DEFAULT = LayerFusionOptions()
+
+
+def run(model, options=DEFAULT, latent=None, negative=None, weights="tiny", steps=3, **kw):
     fg, bg, bl, neg = conds(negative)
     if weights == "tiny":
         weights = tiny_fg_weights(model)
