@@ -11,8 +11,9 @@ File names group a triplet under one counter, as SaveImage numbers its images:
 
 The next triplet (next image of the batch, or the next run) gets _00002, and so on. The
 PNGs carry the prompt and workflow as SaveImage writes them, so dropping any of them on
-ComfyUI reloads the graph. Each file is written under a temporary name and renamed into
-place: a failed or cancelled save never leaves a half-written file.
+ComfyUI reloads the graph. A triplet's files are written whole or not at all (temporary
+names first, then moved into place; a failure removes the files of that triplet), and an
+existing file is never overwritten: the counter moves on past any file in the way.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from typing import Any
 import torch
 from comfy_api.latest import io, ui
 
-from ..layerfusion_core.psd_export import atomic_write, check_same_size, import_psd_tools, write_layered_psd
+from ..layerfusion_core.file_sets import write_new_files
+from ..layerfusion_core.psd_export import check_same_size, import_psd_tools, layered_psd_writer
 
 COMPRESS_LEVEL = 4  # SaveImage's
+MAX_COUNTER_TRIES = 100_000
 
 
 def check_layer_inputs(
@@ -156,27 +159,40 @@ def save_layers(
     )
     results = []
     for index in range(count):
-        stem = f"{filename.replace('%batch_num%', str(index))}_{counter:05}"
+        name = filename.replace("%batch_num%", str(index))
         layers = {
             "fg": to_pil(pick(foreground, index)),
             "bg": to_pil(pick(background, index)),
             "blended": to_pil(pick(blended, index)),
         }
-        files = dict(layers)
-        files.update({name: to_pil(pick(mask, index)) for name, mask in masks.items()})
-        for suffix, image in files.items():
-            file = f"{stem}_{suffix}.png"
-            atomic_write(
-                os.path.join(folder, file),
-                lambda tmp, image=image: image.save(
-                    tmp, format="PNG", pnginfo=metadata, compress_level=COMPRESS_LEVEL
-                ),
+        images = dict(layers)
+        images.update({key: to_pil(pick(mask, index)) for key, mask in masks.items()})
+        files = {
+            f"_{suffix}.png": lambda tmp, image=image: image.save(
+                tmp, format="PNG", pnginfo=metadata, compress_level=COMPRESS_LEVEL
             )
-            if suffix in layers:
-                results.append(ui.SavedResult(file, subfolder, io.FolderType.output))
+            for suffix, image in images.items()
+        }
         if save_psd:
-            write_layered_psd(
-                os.path.join(folder, f"{stem}_layers.psd"), layers["bg"], layers["fg"], layers["blended"]
-            )
+            files["_layers.psd"] = layered_psd_writer(layers["bg"], layers["fg"], layers["blended"])
+        counter, stem = write_triplet(folder, name, counter, files)
+        results += [ui.SavedResult(f"{stem}_{s}.png", subfolder, io.FolderType.output) for s in layers]
         counter += 1
     return results
+
+
+def write_triplet(folder: str, name: str, counter: int, files: dict) -> tuple[int, str]:
+    """Write one triplet's ``files`` (name suffix -> writer) under the first counter from
+    ``counter`` on whose files all are new: existing files are never overwritten (a prefix
+    with %batch_num% makes ComfyUI's counter restart), and a failure leaves none of them."""
+    for _ in range(MAX_COUNTER_TRIES):
+        stem = f"{name}_{counter:05}"
+        paths = {os.path.join(folder, stem + suffix): write for suffix, write in files.items()}
+        if not any(os.path.lexists(path) for path in paths):
+            try:
+                write_new_files(paths)
+                return counter, stem
+            except FileExistsError:  # another save took the name meanwhile: next counter
+                pass
+        counter += 1
+    raise RuntimeError(f"filename_prefix: no free file number for {name} after {MAX_COUNTER_TRIES} tries")
