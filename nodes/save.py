@@ -29,6 +29,18 @@ from ..layerfusion_core.psd_export import check_same_size, import_psd_tools, lay
 
 COMPRESS_LEVEL = 4  # SaveImage's
 MAX_COUNTER_TRIES = 100_000
+OTHER_FILES_KEY = "layerfusion_files"  # UI-output key of the saved masks and PSDs
+
+
+class SavedLayerFiles(ui.SavedImages):
+    """SaveImage's UI output for the shown PNGs, plus the other saved files under their own key."""
+
+    def __init__(self, shown: list, others: list) -> None:
+        super().__init__(shown)
+        self.others = others
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), OTHER_FILES_KEY: self.others}
 
 
 def check_layer_inputs(
@@ -133,8 +145,12 @@ class LayerFusionSaveLayers(io.ComfyNode):
             import_psd_tools()  # fail before writing anything when psd-tools is missing
             images = (("background", background), ("foreground", foreground), ("blended", blended))
             check_same_size([(name, (int(t.shape[2]), int(t.shape[1]))) for name, t in images])
-        results = save_layers(cls, count, foreground, background, blended, masks, filename_prefix, save_psd)
-        return io.NodeOutput(ui=ui.SavedImages(results))
+        shown, others = save_layers(
+            cls, count, foreground, background, blended, masks, filename_prefix, save_psd
+        )
+        # The masks and PSDs are reported too (under their own key, which the browser does not
+        # display), so API clients such as the headless command fetch every saved file.
+        return io.NodeOutput(ui=SavedLayerFiles(shown, others))
 
 
 def save_layers(
@@ -146,8 +162,9 @@ def save_layers(
     masks: dict[str, torch.Tensor],
     filename_prefix: str,
     save_psd: bool,
-) -> list[ui.SavedResult]:
-    """Write the files of ``count`` triplets; return the UI entries of the fg, bg, blended PNGs."""
+) -> tuple[list[ui.SavedResult], list[ui.SavedResult]]:
+    """Write the files of ``count`` triplets; return the UI entries of the fg, bg, blended
+    PNGs and those of the other files (masks, PSD)."""
     import folder_paths
 
     to_pil = ui.ImageSaveHelper._convert_tensor_to_pil
@@ -157,7 +174,7 @@ def save_layers(
     folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
         filename_prefix, folder_paths.get_output_directory(), foreground.shape[2], foreground.shape[1]
     )
-    results = []
+    results, others = [], []
     for index in range(count):
         name = filename.replace("%batch_num%", str(index))
         layers = {
@@ -176,9 +193,11 @@ def save_layers(
         if save_psd:
             files["_layers.psd"] = layered_psd_writer(layers["bg"], layers["fg"], layers["blended"])
         counter, stem = write_triplet(folder, name, counter, files)
-        results += [ui.SavedResult(f"{stem}_{s}.png", subfolder, io.FolderType.output) for s in layers]
+        for suffix in files:
+            entry = ui.SavedResult(stem + suffix, subfolder, io.FolderType.output)
+            (results if suffix.removeprefix("_").removesuffix(".png") in layers else others).append(entry)
         counter += 1
-    return results
+    return results, others
 
 
 def write_triplet(folder: str, name: str, counter: int, files: dict) -> tuple[int, str]:

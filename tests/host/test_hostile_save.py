@@ -80,3 +80,18 @@ def test_a_prefix_that_fits_the_name_limit_saves(comfy_host, pack, tmp_path):
     assert sorted(os.listdir(folder)) == sorted(
         f"{name}_00001_{s}.png" for s in ("fg", "bg", "blended", "soft_mask")
     )
+
+
+def test_masks_and_psd_are_reported_for_clients_that_fetch_every_file(comfy_host, pack, tmp_path):
+    pytest.importorskip("psd_tools")
+    out = ch.run_node(
+        pack.node("LayerFusionSaveLayers"), **triplet(batch=1), soft_mask=torch.rand(1, 8, 12),
+        hard_mask=torch.rand(1, 8, 12), filename_prefix=f"{tmp_path.name}/r", save_psd=True,
+    )  # fmt: skip
+    reported = out.ui.as_dict()
+    shown = [r["filename"] for r in reported["images"]]
+    others = [r["filename"] for r in reported["layerfusion_files"]]
+    assert shown == [f"r_00001_{s}.png" for s in ("fg", "bg", "blended")]
+    assert others == ["r_00001_soft_mask.png", "r_00001_hard_mask.png", "r_00001_layers.psd"]
+    on_disk = sorted(os.listdir(output_folder(comfy_host, tmp_path.name)))
+    assert on_disk == sorted(shown + others)
