@@ -16,14 +16,20 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
-from ..layerfusion_core.model_files import DEFAULT_DECODER_FILE, FileKind
+from ..layerfusion_core.model_files import DEFAULT_DECODER_FILE, FileKind, unmark
 from ..layerfusion_core.transparent_vae import (
     LATENT_SCALE,
     TTA_TRANSFORMS,
     TransparentDecoder,
     estimate_memory_bytes,
 )
-from .downloads import auto_download_input, layer_file_choices, read_layer_file
+from .downloads import (
+    auto_download_input,
+    check_layer_choice,
+    default_choice,
+    layer_file_choices,
+    read_layer_file,
+)
 from .types import DecoderType
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,7 @@ def load_transparent_decoder(name: str, auto_download: bool = False) -> LoadedDe
     import comfy.model_management as mm
     import comfy.model_patcher
 
+    name = unmark(name)
     if any(marker in name.lower() for marker in SD15_MARKERS):
         log.warning(
             "%s looks like LayerDiffuse's SD1.5 transparent decoder; LayerFusion's FG latents come "
@@ -159,7 +166,7 @@ class LayerFusionTransparentDecoderLoader(io.ComfyNode):
                     # Known decoders not downloaded yet are listed too: running then says where to
                     # get them, or downloads them with auto_download.
                     options=files,
-                    default=DEFAULT_DECODER_FILE,
+                    default=default_choice(files, DEFAULT_DECODER_FILE),
                     tooltip="A file in models/layer_model/: vae_transparent_decoder.safetensors "
                     "(LayerDiffusion/layerdiffusion-v1) or ld_diffusers_sdxl_vae_transparent_decoder"
                     ".safetensors (lllyasviel/LayerDiffuse_Diffusers); both hold the same decoder.",
@@ -174,6 +181,10 @@ class LayerFusionTransparentDecoderLoader(io.ComfyNode):
                 )
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, decoder_name: str, auto_download: bool = False) -> bool | str:
+        return check_layer_choice("decoder_name", decoder_name, auto_download)
 
     @classmethod
     def execute(cls, decoder_name: str, auto_download: bool = False) -> io.NodeOutput:

@@ -14,8 +14,10 @@ from ..layerfusion_core.model_files import (
     BY_NAME,
     FileKind,
     download_url,
+    mark_absent,
     missing_file_message,
     pinned_sha256,
+    unmark,
 )
 from .model_folders import layer_model_dir, layer_model_files, layer_model_path
 
@@ -64,15 +66,36 @@ def ensure_layer_model(name: str) -> str:
 
 
 def layer_file_choices(*kinds: FileKind) -> list[str]:
-    """Files present in layer_model, plus the known files of ``kinds`` not downloaded yet
-    (selecting one explains where to get it, or downloads it with auto_download)."""
+    """Files present in layer_model, then the known files of ``kinds`` not on disk, marked
+    "(not downloaded)" (they run only with auto_download; see ``check_layer_choice``)."""
     present = layer_model_files()
     known = [f.name for f in BY_NAME.values() if f.kind in kinds]
-    return present + [name for name in known if name not in present]
+    return present + [mark_absent(name) for name in known if name not in present]
+
+
+def default_choice(choices: list[str], name: str) -> str:
+    """``name`` as it appears in ``choices`` (marked when absent)."""
+    return name if name in choices else mark_absent(name)
+
+
+def check_layer_choice(input_name: str, name: str, auto_download: bool = False) -> bool | str:
+    """Queue-time check of a loader's file input (its ``validate_inputs``): True for a file
+    on disk, or a known file with auto_download on; else the reason, so a wrong pick is
+    refused before the run starts. Replaces ComfyUI's list check for this input, which
+    would refuse saved workflows naming a file by its plain name."""
+    file = unmark(name)
+    path = layer_model_path(file)
+    if path is not None and os.path.isfile(path):
+        return True
+    known = BY_NAME.get(file)
+    if auto_download and known is not None and known.kind is not FileKind.UNSUPPORTED:
+        return True
+    return f"{input_name}: {missing_file_message(file, layer_model_dir())}"
 
 
 def find_layer_file(name: str, auto_download: bool) -> str | None:
     """Path of ``name`` in layer_model; downloaded first when missing and ``auto_download``."""
+    name = unmark(name)
     path = layer_model_path(name)
     if (path is None or not os.path.isfile(path)) and auto_download:
         path = ensure_layer_model(name)
@@ -88,6 +111,7 @@ def read_layer_file(input_name: str, name: str, auto_download: bool = False) -> 
     """
     import comfy.utils
 
+    name = unmark(name)
     path = find_layer_file(name, auto_download)
     if path is None:
         raise FileNotFoundError(f"{input_name}: {missing_file_message(name, layer_model_dir())}")

@@ -8,16 +8,24 @@ from ..layerfusion_core.fg_weights import parse_foreground_weights
 from ..layerfusion_core.model_files import (
     DEFAULT_FG_FILE,
     FileKind,
+    unmark,
     unsupported_reason,
 )
 from ..layerfusion_core.options import WeightApplication, require_finite
 from ..layerfusion_core.sdxl import SDXL
-from .downloads import auto_download_input, layer_file_choices, read_layer_file
+from .downloads import (
+    auto_download_input,
+    check_layer_choice,
+    default_choice,
+    layer_file_choices,
+    read_layer_file,
+)
 from .types import ForegroundWeightsType
 
 
 def load_foreground_weights(name: str, auto_download: bool = False):
     """Parse and validate a FG weights file against SDXL's table (errors name the file)."""
+    name = unmark(name)
     reason = unsupported_reason(name)
     if reason:
         raise ValueError(f"weights_name: {name} cannot be used as LayerFusion FG weights: {reason}")
@@ -42,7 +50,7 @@ class LayerFusionForegroundLoader(io.ComfyNode):
                 io.Combo.Input(
                     "weights_name",
                     options=files,
-                    default=DEFAULT_FG_FILE,
+                    default=default_choice(files, DEFAULT_FG_FILE),
                     tooltip="A file in models/layer_model/: layer_xl_transparent_attn.safetensors "
                     "(LayerDiffusion/layerdiffusion-v1) or ld_diffusers_sdxl_attn.safetensors "
                     "(lllyasviel/LayerDiffuse_Diffusers).",
@@ -66,6 +74,10 @@ class LayerFusionForegroundLoader(io.ComfyNode):
             ],
             outputs=[ForegroundWeightsType.Output("fg_weights", display_name="fg_weights")],
         )
+
+    @classmethod
+    def validate_inputs(cls, weights_name: str, auto_download: bool = False) -> bool | str:
+        return check_layer_choice("weights_name", weights_name, auto_download)
 
     @classmethod
     def execute(

@@ -269,3 +269,22 @@ def test_a_ui_workflow_is_sent_as_extra_png_info(tmp_path, fake):
     path.write_text(json.dumps(ui_workflow()))
     run_command("--server", fake.url, "--workflow", str(path), "--out", str(tmp_path / "out"), timeout=60)
     assert fake.posted and fake.posted[0]["extra_data"]["extra_pnginfo"]["workflow"] == ui_workflow()
+
+
+def test_files_reported_besides_the_shown_images_are_collected():
+    sys.path.insert(0, str(RUN.parent))
+    import layerfusion_run
+
+    entry = {
+        "outputs": {
+            "9": {
+                "images": [{"filename": "l_00001_fg.png", "subfolder": "L", "type": "output"}],
+                "layerfusion_files": [
+                    {"filename": "l_00001_soft_mask.png", "subfolder": "L", "type": "output"},
+                    {"filename": "l_00001_layers.psd", "subfolder": "L", "type": "output"},
+                ],
+            }
+        }
+    }
+    names = [f.filename for f in layerfusion_run.saved_files(entry)]
+    assert names == ["l_00001_fg.png", "l_00001_soft_mask.png", "l_00001_layers.psd"]
