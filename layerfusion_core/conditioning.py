@@ -115,6 +115,25 @@ def fg_only_conditioning(fg: Conditioning, num_images: int) -> Conditioning:
     return [[tensor.repeat(num_images, 1, 1), out]]
 
 
+def check_negative(negative: Conditioning) -> None:
+    """Refuse negative entries that ComfyUI would evaluate on a cropped grid (``area``, or a
+    mask with ``set_area_to_bounds``): blending and masked sharing work on the whole token
+    grid of every row of a call."""
+    if not isinstance(negative, list) or not negative:
+        raise ValueError(
+            f"negative: expected a CONDITIONING (a non-empty list of entries), got {type(negative).__name__}"
+        )
+    for number, entry in enumerate(negative, 1):
+        extras = entry[1] if isinstance(entry, (list, tuple)) and len(entry) > 1 else {}
+        if "area" in extras or extras.get("set_area_to_bounds"):
+            key = "area" if "area" in extras else "set_area_to_bounds"
+            raise ValueError(
+                f"negative: entry {number} of {len(negative)} has {key} (ConditioningSetArea, or SetMask "
+                "with set_area_to_bounds): a negative restricted to part of the image cannot be used with "
+                "LayerFusion's blending yet; remove the area from the negative (a full-size mask works)"
+            )
+
+
 def eos_per_image(fg: Conditioning, num_images: int) -> torch.Tensor | None:
     index = eos_index_of(fg)
     return None if index is None else torch.full((num_images,), index, dtype=torch.long)

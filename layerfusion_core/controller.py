@@ -25,6 +25,7 @@ from .options import (
     PriorOrientation,
     PriorTiming,
     SharingMode,
+    parse_layer_spec,
 )
 from .priors import OrientationVote, blend_masks, content_prior, minmax, orient, resize_prior, sparsity_score
 from .sdxl import UNetLayout
@@ -90,22 +91,41 @@ class LayerFusionController:
         layer = options.prior.structure_layer
         self.structure_block = unet.last_block.key if layer == "last" else _block_from_spec(layer)
         if self.structure_block not in unet.by_key:
-            raise ValueError(
-                f"structure_layer: {layer!r} is not a transformer block of {unet.name} "
-                f"(last is {'.'.join(map(str, unet.last_block.key))})"
-            )
+            raise ValueError(_not_a_block("structure_layer", layer, unet))
         blend = options.blend
+        _, layer_blocks = parse_layer_spec(blend.layers.spec)
+        absent = sorted(".".join(map(str, key)) for key in layer_blocks if key not in unet.by_key)
+        if absent:
+            raise ValueError(_not_a_block("layers", ", ".join(absent), unet))
         self.generative = blend.mode == BlendMode.GENERATIVE and stream_set.blended
         self.blend_blocks = frozenset(b.key for b in unet.blocks if blend.layers.contains(b.key))
         self.content_blocks = self.blend_blocks | {self.structure_block}
         self.sharing = blend.sharing if self.generative else SharingMode.OFF
+        self.vote_evaluations = options.prior.auto_vote_evaluations
+        self.reset()
+
+    def plan_evaluations(self, evaluations: int) -> None:
+        """The run has at least ``evaluations`` model evaluations inside the blending window:
+        an ``auto`` vote needing more could never decide (blending would silently stay off),
+        so it is shortened to that many, with a warning."""
+        needed = self.options.prior.auto_vote_evaluations
+        if self.options.prior.orientation != PriorOrientation.AUTO or not 0 < evaluations < needed:
+            return
+        log.warning(
+            "LayerFusion: auto_vote_evaluations is %d but the blending window of this run has only %d "
+            "evaluation(s); the orientation vote uses %d so that blending can start",
+            needed,
+            evaluations,
+            evaluations,
+        )
+        self.vote_evaluations = evaluations
         self.reset()
 
     # -- bookkeeping -------------------------------------------------------------------
     def reset(self) -> None:
         """Start of a sampling run: forget every map, vote and mask."""
         self.state = RunState()
-        self.vote = OrientationVote(self.options.prior.orientation, self.options.prior.auto_vote_evaluations)
+        self.vote = OrientationVote(self.options.prior.orientation, self.vote_evaluations)
 
     def begin_evaluation(self, active: bool) -> None:
         """Start of one model evaluation; ``active`` = inside the blending step range."""
@@ -176,7 +196,12 @@ class LayerFusionController:
         if maps is None or maps.sparsity is None:
             return None
         orientation = self.vote.decided
-        if orientation is None:  # AUTO that never voted (e.g. an empty blending window)
+        if orientation is None:  # AUTO that never decided (e.g. an empty blending window)
+            log.warning(
+                "LayerFusion: orientation 'auto' was never decided in this run (fewer voting evaluations "
+                "than auto_vote_evaluations=%d): nothing was blended; the returned masks use 'dense'",
+                self.vote_evaluations,
+            )
             orientation = PriorOrientation.DENSE
         masks = self._masks(maps, maps, self.structure_block, maps.sparsity_grid, orientation)
         return None if masks is None else (*masks, maps.sparsity_grid)
@@ -299,6 +324,13 @@ class LayerFusionController:
             hard_rows, self.options.blend.sharing_epsilon, call.attention,
         )  # fmt: skip
         return merge(out, layout)
+
+
+def _not_a_block(name: str, value: str, unet: UNetLayout) -> str:
+    return (
+        f"{name}: {value!r} is not a transformer block of {unet.name} "
+        f"(last is {'.'.join(map(str, unet.last_block.key))})"
+    )
 
 
 def _block_from_spec(spec: str) -> BlockKey:

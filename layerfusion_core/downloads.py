@@ -51,6 +51,10 @@ class HashMismatchError(DownloadError):
     """The downloaded bytes do not have the expected SHA-256."""
 
 
+class WrongBodyError(DownloadError):
+    """The body is not the expected file: wrong size, or it does not parse as one."""
+
+
 def normalise_sha256(value: str) -> str | None:
     """``value`` as 64 lowercase hex digits, or None when it is not a SHA-256 (quotes and a
     weak-validator ``W/`` prefix are stripped first)."""
@@ -90,21 +94,64 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def hub_sha256(url: str, timeout: float = DEFAULT_TIMEOUT) -> str | None:
-    """SHA-256 of the file behind a hub ``resolve`` URL from its LFS metadata (a HEAD
-    request, redirect not followed), or None when the answer carries none or the request
-    fails (the download then relies on its length check and any pinned hash)."""
+def hub_file_info(url: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[str | None, int | None]:
+    """(SHA-256, size in bytes) of the file behind a hub ``resolve`` URL from its LFS
+    metadata (``X-Linked-Etag``, ``X-Linked-Size``; a HEAD request, redirect not followed);
+    each None when the answer carries none or the request fails."""
     opener = urllib.request.build_opener(_NoRedirect)
     request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
     try:
         with opener.open(request, timeout=timeout) as response:
-            return expected_sha256_from_headers(response.headers)
+            headers = response.headers
     except urllib.error.HTTPError as exc:  # a 3xx lands here when redirects are refused
         with contextlib.closing(exc):
-            return expected_sha256_from_headers(exc.headers)
+            headers = exc.headers
     except (OSError, ValueError, http.client.HTTPException) as exc:
         log.warning("could not read the SHA-256 of %s: %s", url, exc)
-        return None
+        return None, None
+    size = headers.get("X-Linked-Size") if headers is not None else None
+    return expected_sha256_from_headers(headers), int(size) if size and size.isdigit() else None
+
+
+def hub_sha256(url: str, timeout: float = DEFAULT_TIMEOUT) -> str | None:
+    """SHA-256 of the file behind a hub ``resolve`` URL (``hub_file_info``), or None."""
+    return hub_file_info(url, timeout)[0]
+
+
+SIZE_TOLERANCE = 0.1  # the known sizes are rounded to MB: accept +-10 % (and 1 MB) without exact metadata
+
+
+def download_verified(
+    url: str,
+    dest_path: str | os.PathLike[str],
+    approximate_size: int,
+    expected_sha256: str | None = None,
+    exact_size: int | None = None,
+    progress: ProgressCallback | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Path:
+    """Download a model file of about ``approximate_size`` bytes with every check we have.
+
+    The SHA-256 (from the hub's metadata or a pinned table, see ``hub_file_info``) is
+    checked when known, and so is ``exact_size``. Without a known hash the size must lie
+    within +-10 % of ``approximate_size``, so that a body the hash cannot vouch for (an
+    error page answered with 200) is refused. A ``.safetensors`` destination must parse as
+    a whole safetensors file. Nothing is kept on failure.
+    """
+    from .file_checks import safetensors_problem
+
+    if exact_size is not None:
+        expected_size = (exact_size, exact_size)
+    elif expected_sha256 is None:
+        slack = int(approximate_size * SIZE_TOLERANCE) + 1_000_000
+        expected_size = (max(1, approximate_size - slack), approximate_size + slack)
+    else:
+        expected_size = None
+    validate = safetensors_problem if str(dest_path).endswith(".safetensors") else None
+    return download_file(
+        url, dest_path, expected_sha256=expected_sha256, progress=progress, timeout=timeout,
+        expected_size=expected_size, validate=validate,
+    )  # fmt: skip
 
 
 def _content_length(headers: Any) -> int | None:
@@ -126,6 +173,8 @@ def download_file(
     timeout: float = DEFAULT_TIMEOUT,
     overwrite: bool = False,
     chunk_size: int = CHUNK_SIZE,
+    expected_size: tuple[int, int] | None = None,
+    validate: Callable[[Path], str | None] | None = None,
 ) -> Path:
     """Download ``url`` to ``dest_path`` and return the destination.
 
@@ -134,7 +183,9 @@ def download_file(
     a body that does not match Content-Length raises IncompleteDownloadError, a hash that
     differs from ``expected_sha256`` (or, when that is None, from a SHA-256 the response
     headers announce) raises HashMismatchError naming both. Only a verified file is moved
-    into place (``os.replace``); on any failure, including an exception raised by
+    into place (``os.replace``), and only when its size lies in ``expected_size`` (min, max
+    bytes) and ``validate(tmp)`` (a check of the body's format) returns None, else
+    WrongBodyError. On any failure, including an exception raised by
     ``progress`` (e.g. a user cancel), the temporary file is removed.
     """
     dest = Path(dest_path)
@@ -159,8 +210,20 @@ def download_file(
                 f"SHA-256 mismatch for {url}: expected {expected}, got {actual} ({done} bytes); "
                 "the file was discarded"
             )
+        if expected_size is not None and not expected_size[0] <= done <= expected_size[1]:
+            low, high = expected_size
+            wanted = f"{low} bytes" if low == high else f"{low}-{high} bytes"
+            raise WrongBodyError(
+                f"download of {url} is not the expected file: got {done} bytes, expected {wanted}; "
+                "the body was discarded"
+            )
+        problem = validate(tmp) if validate is not None else None
+        if problem is not None:
+            raise WrongBodyError(
+                f"download of {url} is not the expected file: {problem}; the body was discarded"
+            )
         if expected is None:
-            log.warning("no SHA-256 known for %s; only its length was checked", url)
+            log.warning("no SHA-256 known for %s; only its length and format were checked", url)
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .options import WeightApplication
+from .options import WeightApplication, require_finite
 from .sdxl import SDXL, Projection, UNetLayout
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class ForegroundWeights:
             self.layout_name,
             self.file_format,
             self.deltas,
-            strength,
+            require_finite("strength", strength),
             WeightApplication(application),
             self.source,
             self.host_state,

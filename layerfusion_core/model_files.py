@@ -81,7 +81,25 @@ def unsupported_reason(name: str) -> str | None:
     return None
 
 
+NOT_DOWNLOADED = " (not downloaded)"
+"""Marks a known file that is not on disk in the loaders' lists."""
+
+
+def mark_absent(name: str) -> str:
+    return name + NOT_DOWNLOADED
+
+
+def unmark(name: str) -> str:
+    """A list entry as the file name (without the not-downloaded mark)."""
+    return name.removesuffix(NOT_DOWNLOADED)
+
+
 def missing_file_message(name: str, folder: str) -> str:
+    """Where a missing file should go and, for a known file, where to get it."""
     known = BY_NAME.get(name)
-    where = f" Download it from {download_url(name)}" if known else ""
-    return f"{name} was not found in {folder}.{where} and put it in that folder (models/layer_model/)."
+    if known is None or known.kind is FileKind.UNSUPPORTED:
+        return f"{name} was not found in {folder} (models/layer_model/); put the file in that folder."
+    return (
+        f"{name} was not found in {folder} (models/layer_model/). Download it from {download_url(name)} "
+        "and put it in that folder, or turn auto_download on."
+    )

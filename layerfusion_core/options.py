@@ -7,6 +7,7 @@ build them from widgets and a saved workflow reloads them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -65,6 +66,17 @@ class WeightApplication(str, Enum):
 
 
 LAYER_GROUPS = ("input", "middle", "output")
+
+
+def require_finite(name: str, value: object) -> float:
+    """``value`` as a float; ValueError naming ``name`` unless it is a finite real number.
+
+    NaN passes any min/max check (every comparison with it is false), so every float
+    option goes through this before its range is checked.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return float(value)
 
 
 def _coerce_enums(obj, **fields: type[Enum]) -> None:
@@ -162,6 +174,10 @@ class BlendOptions:
 
     def __post_init__(self) -> None:
         _coerce_enums(self, mode=BlendMode, sharing=SharingMode)
+        for name in ("coefficient", "threshold", "start_percent", "end_percent", "sharing_epsilon"):
+            require_finite(name, getattr(self, name))
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold: expected 0 <= threshold <= 1, got {self.threshold}")
         if not 0.0 <= self.start_percent <= self.end_percent <= 1.0:
             raise ValueError(
                 "start_percent/end_percent: expected 0 <= start <= end <= 1, got "

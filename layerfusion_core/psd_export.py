@@ -7,13 +7,14 @@ is renamed into place, so an interrupted or failed save never leaves a half-writ
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from PIL import Image
+
+from .file_sets import Writer, atomic_write
+
+__all__ = ["atomic_write", "layered_psd_writer", "write_layered_psd"]
 
 # 1.14.3 is the first release checked to write these files correctly without psd-tools'
 # optional compositing extras: 1.10.x-1.11.x need scikit-image to save, 1.12.0 wrote a
@@ -30,27 +31,6 @@ PSD_HIDDEN_LAYERS: frozenset[str] = frozenset({"blended"})
 
 class PsdToolsMissingError(ImportError):
     """psd-tools is missing or too old; the message says how to install it."""
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a fresh temporary path beside ``path``, then rename it to ``path``.
-
-    The temporary name starts with a dot and ends in ``.tmp`` (so ComfyUI's file counter
-    ignores it) and is removed if ``write`` fails. ``write`` must not rely on the file
-    extension to choose a format.
-    """
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
-    # O_EXCL: never clobber a file we did not create; mode 0o666 lets the umask apply as
-    # for any ordinary file (tempfile.mkstemp would leave it 0600).
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 def import_psd_tools() -> tuple[type, type]:
@@ -97,14 +77,12 @@ def check_same_size(sizes: Sequence[tuple[str, tuple[int, int]]]) -> tuple[int, 
     return first
 
 
-def write_layered_psd(
-    path: str, background: Image.Image, foreground: Image.Image, blended: Image.Image
-) -> None:
-    """Write an 8-bit RGB PSD with three pixel layers, bottom to top: "background",
+def layered_psd_writer(background: Image.Image, foreground: Image.Image, blended: Image.Image) -> Writer:
+    """A writer of an 8-bit PSD with three pixel layers, bottom to top: "background",
     "foreground" (its alpha as layer transparency), "blended" (hidden).
 
     All three images must have the same size (ValueError naming the one that differs).
-    RGB images become fully opaque layers. Written atomically.
+    RGB images become fully opaque layers.
     """
     layers = {"background": background, "foreground": foreground, "blended": blended}
     size = check_same_size([(name, layers[name].size) for name in PSD_LAYER_ORDER])
@@ -121,4 +99,11 @@ def write_layered_psd(
         with open(tmp, "wb") as fp:
             psd.save(fp)
 
-    atomic_write(path, write)
+    return write
+
+
+def write_layered_psd(
+    path: str, background: Image.Image, foreground: Image.Image, blended: Image.Image
+) -> None:
+    """``layered_psd_writer``'s PSD, written atomically to ``path``."""
+    atomic_write(path, layered_psd_writer(background, foreground, blended))

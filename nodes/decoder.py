@@ -16,15 +16,20 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
-from ..layerfusion_core.model_files import DEFAULT_DECODER_FILE, FileKind, missing_file_message
+from ..layerfusion_core.model_files import DEFAULT_DECODER_FILE, FileKind, unmark
 from ..layerfusion_core.transparent_vae import (
     LATENT_SCALE,
     TTA_TRANSFORMS,
     TransparentDecoder,
     estimate_memory_bytes,
 )
-from .downloads import auto_download_input, find_layer_file, layer_file_choices
-from .model_folders import layer_model_dir
+from .downloads import (
+    auto_download_input,
+    check_layer_choice,
+    default_choice,
+    layer_file_choices,
+    read_layer_file,
+)
 from .types import DecoderType
 
 log = logging.getLogger(__name__)
@@ -56,11 +61,8 @@ def load_transparent_decoder(name: str, auto_download: bool = False) -> LoadedDe
     """
     import comfy.model_management as mm
     import comfy.model_patcher
-    import comfy.utils
 
-    path = find_layer_file(name, auto_download)
-    if path is None:
-        raise FileNotFoundError(f"decoder_name: {missing_file_message(name, layer_model_dir())}")
+    name = unmark(name)
     if any(marker in name.lower() for marker in SD15_MARKERS):
         log.warning(
             "%s looks like LayerDiffuse's SD1.5 transparent decoder; LayerFusion's FG latents come "
@@ -68,7 +70,7 @@ def load_transparent_decoder(name: str, auto_download: bool = False) -> LoadedDe
             name,
             DEFAULT_DECODER_FILE,
         )
-    state_dict = comfy.utils.load_torch_file(path, safe_load=True)
+    state_dict = read_layer_file("decoder_name", name, auto_download)
     try:
         decoder = TransparentDecoder.from_state_dict(state_dict)
     except ValueError as err:
@@ -164,7 +166,7 @@ class LayerFusionTransparentDecoderLoader(io.ComfyNode):
                     # Known decoders not downloaded yet are listed too: running then says where to
                     # get them, or downloads them with auto_download.
                     options=files,
-                    default=DEFAULT_DECODER_FILE,
+                    default=default_choice(files, DEFAULT_DECODER_FILE),
                     tooltip="A file in models/layer_model/: vae_transparent_decoder.safetensors "
                     "(LayerDiffusion/layerdiffusion-v1) or ld_diffusers_sdxl_vae_transparent_decoder"
                     ".safetensors (lllyasviel/LayerDiffuse_Diffusers); both hold the same decoder.",
@@ -179,6 +181,10 @@ class LayerFusionTransparentDecoderLoader(io.ComfyNode):
                 )
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, decoder_name: str, auto_download: bool = False) -> bool | str:
+        return check_layer_choice("decoder_name", decoder_name, auto_download)
 
     @classmethod
     def execute(cls, decoder_name: str, auto_download: bool = False) -> io.NodeOutput:

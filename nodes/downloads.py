@@ -8,8 +8,17 @@ import os
 
 from comfy_api.latest import io
 
-from ..layerfusion_core.downloads import download_file, hub_sha256
-from ..layerfusion_core.model_files import BY_NAME, FileKind, download_url, pinned_sha256
+from ..layerfusion_core.downloads import download_verified, hub_file_info
+from ..layerfusion_core.file_checks import safetensors_problem, weights_problem
+from ..layerfusion_core.model_files import (
+    BY_NAME,
+    FileKind,
+    download_url,
+    mark_absent,
+    missing_file_message,
+    pinned_sha256,
+    unmark,
+)
 from .model_folders import layer_model_dir, layer_model_files, layer_model_path
 
 log = logging.getLogger(__name__)
@@ -42,7 +51,6 @@ def ensure_layer_model(name: str) -> str:
     import comfy.utils
 
     url = download_url(name)
-    expected = hub_sha256(url) or pinned_sha256(name)
     dest = os.path.join(layer_model_dir(), name)
     fallback_total = known.size_mb * _MB
     bar = comfy.utils.ProgressBar(fallback_total)
@@ -52,24 +60,73 @@ def ensure_layer_model(name: str) -> str:
         bar.update_absolute(done, total or max(fallback_total, done))
 
     log.info("downloading %s (about %d MB) from %s into %s", name, known.size_mb, url, dest)
-    download_file(url, dest, expected_sha256=expected, progress=progress)
+    sha256, size = hub_file_info(url)
+    download_verified(url, dest, fallback_total, sha256 or pinned_sha256(name), size, progress=progress)
     return dest
 
 
 def layer_file_choices(*kinds: FileKind) -> list[str]:
-    """Files present in layer_model, plus the known files of ``kinds`` not downloaded yet
-    (selecting one explains where to get it, or downloads it with auto_download)."""
+    """Files present in layer_model, then the known files of ``kinds`` not on disk, marked
+    "(not downloaded)" (they run only with auto_download; see ``check_layer_choice``)."""
     present = layer_model_files()
     known = [f.name for f in BY_NAME.values() if f.kind in kinds]
-    return present + [name for name in known if name not in present]
+    return present + [mark_absent(name) for name in known if name not in present]
+
+
+def default_choice(choices: list[str], name: str) -> str:
+    """``name`` as it appears in ``choices`` (marked when absent)."""
+    return name if name in choices else mark_absent(name)
+
+
+def check_layer_choice(input_name: str, name: str, auto_download: bool = False) -> bool | str:
+    """Queue-time check of a loader's file input (its ``validate_inputs``): True for a file
+    on disk, or a known file with auto_download on; else the reason, so a wrong pick is
+    refused before the run starts. Replaces ComfyUI's list check for this input, which
+    would refuse saved workflows naming a file by its plain name."""
+    file = unmark(name)
+    path = layer_model_path(file)
+    if path is not None and os.path.isfile(path):
+        return True
+    known = BY_NAME.get(file)
+    if auto_download and known is not None and known.kind is not FileKind.UNSUPPORTED:
+        return True
+    return f"{input_name}: {missing_file_message(file, layer_model_dir())}"
 
 
 def find_layer_file(name: str, auto_download: bool) -> str | None:
     """Path of ``name`` in layer_model; downloaded first when missing and ``auto_download``."""
+    name = unmark(name)
     path = layer_model_path(name)
     if (path is None or not os.path.isfile(path)) and auto_download:
         path = ensure_layer_model(name)
     return path if path is not None and os.path.isfile(path) else None
+
+
+def read_layer_file(input_name: str, name: str, auto_download: bool = False) -> dict:
+    """The tensors of the layer_model file ``name`` (downloaded first with ``auto_download``).
+
+    Every failure is a FileNotFoundError or ValueError that names ``input_name`` and the
+    file: missing, not a whole safetensors file (empty, truncated, pickled, corrupt), or
+    holding tensors that are not finite floating-point weights.
+    """
+    import comfy.utils
+
+    name = unmark(name)
+    path = find_layer_file(name, auto_download)
+    if path is None:
+        raise FileNotFoundError(f"{input_name}: {missing_file_message(name, layer_model_dir())}")
+    problem = safetensors_problem(path)
+    if problem is None:
+        try:
+            state_dict = comfy.utils.load_torch_file(path, safe_load=True)
+        except Exception as err:  # the safetensors reader's own errors name neither input nor file
+            problem = f"it could not be read ({type(err).__name__}: {err})"
+    if problem is not None:
+        raise ValueError(f"{input_name}: {name} ({path}) is not a usable .safetensors file: {problem}")
+    problem = weights_problem(state_dict)
+    if problem is not None:
+        raise ValueError(f"{input_name}: {name} ({path}) cannot be used: {problem}")
+    return state_dict
 
 
 def auto_download_input() -> io.Boolean.Input:

@@ -8,27 +8,28 @@ from ..layerfusion_core.fg_weights import parse_foreground_weights
 from ..layerfusion_core.model_files import (
     DEFAULT_FG_FILE,
     FileKind,
-    missing_file_message,
+    unmark,
     unsupported_reason,
 )
-from ..layerfusion_core.options import WeightApplication
+from ..layerfusion_core.options import WeightApplication, require_finite
 from ..layerfusion_core.sdxl import SDXL
-from .downloads import auto_download_input, find_layer_file, layer_file_choices
-from .model_folders import layer_model_dir
+from .downloads import (
+    auto_download_input,
+    check_layer_choice,
+    default_choice,
+    layer_file_choices,
+    read_layer_file,
+)
 from .types import ForegroundWeightsType
 
 
 def load_foreground_weights(name: str, auto_download: bool = False):
     """Parse and validate a FG weights file against SDXL's table (errors name the file)."""
-    import comfy.utils
-
+    name = unmark(name)
     reason = unsupported_reason(name)
     if reason:
         raise ValueError(f"weights_name: {name} cannot be used as LayerFusion FG weights: {reason}")
-    path = find_layer_file(name, auto_download)
-    if path is None:
-        raise FileNotFoundError(f"weights_name: {missing_file_message(name, layer_model_dir())}")
-    state_dict = comfy.utils.load_torch_file(path, safe_load=True)
+    state_dict = read_layer_file("weights_name", name, auto_download)
     try:
         return parse_foreground_weights(state_dict, SDXL, source=name)
     except ValueError as err:
@@ -49,7 +50,7 @@ class LayerFusionForegroundLoader(io.ComfyNode):
                 io.Combo.Input(
                     "weights_name",
                     options=files,
-                    default=DEFAULT_FG_FILE,
+                    default=default_choice(files, DEFAULT_FG_FILE),
                     tooltip="A file in models/layer_model/: layer_xl_transparent_attn.safetensors "
                     "(LayerDiffusion/layerdiffusion-v1) or ld_diffusers_sdxl_attn.safetensors "
                     "(lllyasviel/LayerDiffuse_Diffusers).",
@@ -75,8 +76,13 @@ class LayerFusionForegroundLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, weights_name: str, auto_download: bool = False) -> bool | str:
+        return check_layer_choice("weights_name", weights_name, auto_download)
+
+    @classmethod
     def execute(
         cls, weights_name: str, strength: float, application: str, auto_download: bool = False
     ) -> io.NodeOutput:
+        strength = require_finite("strength", strength)  # before reading a large file
         weights = load_foreground_weights(weights_name, auto_download)
         return io.NodeOutput(weights.with_settings(strength, WeightApplication(application)))

@@ -3,9 +3,12 @@ LayerDiffuse pack uses too, so users' files are found)."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import folder_paths
+
+log = logging.getLogger(__name__)
 
 LAYER_MODEL_FOLDER = "layer_model"
 EXTENSIONS = {".safetensors"}
@@ -15,6 +18,12 @@ def register_model_folders() -> None:
     """Register ``layer_model`` with a .safetensors filter, keeping paths users configured
     (extra_model_paths.yaml) and paths another pack registered."""
     default = os.path.join(folder_paths.models_dir, LAYER_MODEL_FOLDER)
+    try:  # a stock ComfyUI has no models/layer_model/: create it so users know where files go
+        os.makedirs(default, exist_ok=True)
+    except OSError as exc:
+        log.warning(
+            "LayerFusion: could not create %s (%s); put LayerDiffuse files there yourself", default, exc
+        )
     entry = folder_paths.folder_names_and_paths.get(LAYER_MODEL_FOLDER)
     if entry is None:
         folder_paths.folder_names_and_paths[LAYER_MODEL_FOLDER] = ([default], set(EXTENSIONS))

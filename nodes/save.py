@@ -11,8 +11,9 @@ File names group a triplet under one counter, as SaveImage numbers its images:
 
 The next triplet (next image of the batch, or the next run) gets _00002, and so on. The
 PNGs carry the prompt and workflow as SaveImage writes them, so dropping any of them on
-ComfyUI reloads the graph. Each file is written under a temporary name and renamed into
-place: a failed or cancelled save never leaves a half-written file.
+ComfyUI reloads the graph. A triplet's files are written whole or not at all (temporary
+names first, then moved into place; a failure removes the files of that triplet), and an
+existing file is never overwritten: the counter moves on past any file in the way.
 """
 
 from __future__ import annotations
@@ -23,9 +24,23 @@ from typing import Any
 import torch
 from comfy_api.latest import io, ui
 
-from ..layerfusion_core.psd_export import atomic_write, check_same_size, import_psd_tools, write_layered_psd
+from ..layerfusion_core.file_sets import write_new_files
+from ..layerfusion_core.psd_export import check_same_size, import_psd_tools, layered_psd_writer
 
 COMPRESS_LEVEL = 4  # SaveImage's
+MAX_COUNTER_TRIES = 100_000
+OTHER_FILES_KEY = "layerfusion_files"  # UI-output key of the saved masks and PSDs
+
+
+class SavedLayerFiles(ui.SavedImages):
+    """SaveImage's UI output for the shown PNGs, plus the other saved files under their own key."""
+
+    def __init__(self, shown: list, others: list) -> None:
+        super().__init__(shown)
+        self.others = others
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), OTHER_FILES_KEY: self.others}
 
 
 def check_layer_inputs(
@@ -130,8 +145,12 @@ class LayerFusionSaveLayers(io.ComfyNode):
             import_psd_tools()  # fail before writing anything when psd-tools is missing
             images = (("background", background), ("foreground", foreground), ("blended", blended))
             check_same_size([(name, (int(t.shape[2]), int(t.shape[1]))) for name, t in images])
-        results = save_layers(cls, count, foreground, background, blended, masks, filename_prefix, save_psd)
-        return io.NodeOutput(ui=ui.SavedImages(results))
+        shown, others = save_layers(
+            cls, count, foreground, background, blended, masks, filename_prefix, save_psd
+        )
+        # The masks and PSDs are reported too (under their own key, which the browser does not
+        # display), so API clients such as the headless command fetch every saved file.
+        return io.NodeOutput(ui=SavedLayerFiles(shown, others))
 
 
 def save_layers(
@@ -143,8 +162,9 @@ def save_layers(
     masks: dict[str, torch.Tensor],
     filename_prefix: str,
     save_psd: bool,
-) -> list[ui.SavedResult]:
-    """Write the files of ``count`` triplets; return the UI entries of the fg, bg, blended PNGs."""
+) -> tuple[list[ui.SavedResult], list[ui.SavedResult]]:
+    """Write the files of ``count`` triplets; return the UI entries of the fg, bg, blended
+    PNGs and those of the other files (masks, PSD)."""
     import folder_paths
 
     to_pil = ui.ImageSaveHelper._convert_tensor_to_pil
@@ -154,29 +174,44 @@ def save_layers(
     folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
         filename_prefix, folder_paths.get_output_directory(), foreground.shape[2], foreground.shape[1]
     )
-    results = []
+    results, others = [], []
     for index in range(count):
-        stem = f"{filename.replace('%batch_num%', str(index))}_{counter:05}"
+        name = filename.replace("%batch_num%", str(index))
         layers = {
             "fg": to_pil(pick(foreground, index)),
             "bg": to_pil(pick(background, index)),
             "blended": to_pil(pick(blended, index)),
         }
-        files = dict(layers)
-        files.update({name: to_pil(pick(mask, index)) for name, mask in masks.items()})
-        for suffix, image in files.items():
-            file = f"{stem}_{suffix}.png"
-            atomic_write(
-                os.path.join(folder, file),
-                lambda tmp, image=image: image.save(
-                    tmp, format="PNG", pnginfo=metadata, compress_level=COMPRESS_LEVEL
-                ),
+        images = dict(layers)
+        images.update({key: to_pil(pick(mask, index)) for key, mask in masks.items()})
+        files = {
+            f"_{suffix}.png": lambda tmp, image=image: image.save(
+                tmp, format="PNG", pnginfo=metadata, compress_level=COMPRESS_LEVEL
             )
-            if suffix in layers:
-                results.append(ui.SavedResult(file, subfolder, io.FolderType.output))
+            for suffix, image in images.items()
+        }
         if save_psd:
-            write_layered_psd(
-                os.path.join(folder, f"{stem}_layers.psd"), layers["bg"], layers["fg"], layers["blended"]
-            )
+            files["_layers.psd"] = layered_psd_writer(layers["bg"], layers["fg"], layers["blended"])
+        counter, stem = write_triplet(folder, name, counter, files)
+        for suffix in files:
+            entry = ui.SavedResult(stem + suffix, subfolder, io.FolderType.output)
+            (results if suffix.removeprefix("_").removesuffix(".png") in layers else others).append(entry)
         counter += 1
-    return results
+    return results, others
+
+
+def write_triplet(folder: str, name: str, counter: int, files: dict) -> tuple[int, str]:
+    """Write one triplet's ``files`` (name suffix -> writer) under the first counter from
+    ``counter`` on whose files all are new: existing files are never overwritten (a prefix
+    with %batch_num% makes ComfyUI's counter restart), and a failure leaves none of them."""
+    for _ in range(MAX_COUNTER_TRIES):
+        stem = f"{name}_{counter:05}"
+        paths = {os.path.join(folder, stem + suffix): write for suffix, write in files.items()}
+        if not any(os.path.lexists(path) for path in paths):
+            try:
+                write_new_files(paths)
+                return counter, stem
+            except FileExistsError:  # another save took the name meanwhile: next counter
+                pass
+        counter += 1
+    raise RuntimeError(f"filename_prefix: no free file number for {name} after {MAX_COUNTER_TRIES} tries")

@@ -522,10 +522,12 @@ def apply_overrides(
     prompt: dict[str, dict[str, Any]],
     values: Mapping[str, Any],
     sets: Iterable[SetOverride] = (),
+    object_info: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Apply named overrides (keys of OVERRIDE_TARGETS; None values are skipped) and
     ``--set`` overrides in place; return one description per change. A named override that
-    matches no node raises WorkflowError (the workflow is not the one the user thinks)."""
+    matches no node raises WorkflowError (the workflow is not the one the user thinks), and
+    so does a ``--set`` of an input the node's /object_info entry does not declare."""
     done: list[str] = []
     for option, value in values.items():
         if value is None:
@@ -542,6 +544,15 @@ def apply_overrides(
             done.append(_set_input(prompt, nid, name, value))
     for override in sets:
         nid = _find_node(prompt, override.node)
+        class_type = prompt[nid].get("class_type")
+        info = (object_info or {}).get(class_type)
+        if isinstance(info, Mapping):
+            names = [spec.name for spec in node_inputs(info)]
+            if override.input not in names:
+                raise WorkflowError(
+                    f"--set {override.node}.{override.input}: node {nid} ({class_type}) has no input "
+                    f"{override.input!r}; its inputs are {', '.join(names) or 'none'}"
+                )
         done.append(_set_input(prompt, nid, override.input, override.value))
     return done
 

@@ -91,9 +91,21 @@ class RunError(Exception):
 
 
 def normalise_server(url: str) -> str:
+    """``url`` as ``http(s)://host[:port]``; RunError (exit 2) for anything else."""
     url = url.strip().rstrip("/")
     if "://" not in url:
         url = "http://" + url
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise RunError(
+            f"--server: expected an address like {DEFAULT_SERVER}, got {url!r} ({exc})", EXIT_USAGE
+        ) from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise RunError(f"--server: expected an address like {DEFAULT_SERVER}, got {url!r}", EXIT_USAGE)
+    if port == 0:
+        raise RunError(f"--server: expected a port from 1 to 65535, got {url!r}", EXIT_USAGE)
     return url
 
 
@@ -175,6 +187,11 @@ def _json(data: bytes, where: str) -> Any:
 def load_workflow(path: str) -> Any:
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RunError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save the workflow as JSON",
+            EXIT_USAGE,
+        ) from exc
     except OSError as exc:
         raise RunError(f"cannot read the workflow {path}: {exc.strerror or exc}", EXIT_USAGE) from exc
     try:
@@ -183,6 +200,10 @@ def load_workflow(path: str) -> Any:
         raise RunError(
             f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", EXIT_USAGE
         ) from exc
+    except RecursionError as exc:
+        raise RunError(f"{path} nests JSON too deeply to be a workflow", EXIT_USAGE) from exc
+    if is_ui_workflow(data):
+        check_ui_shape(data, path)
     if isinstance(data, Mapping) and is_api_prompt(data.get("prompt")):
         data = data["prompt"]
     if not (is_ui_workflow(data) or is_api_prompt(data)):
@@ -191,6 +212,33 @@ def load_workflow(path: str) -> Any:
             EXIT_USAGE,
         )
     return data
+
+
+def check_ui_shape(workflow: Mapping[str, Any], path: str) -> None:
+    """The fields the conversion relies on: every node has an id and a ``type`` string,
+    every link a numeric id and endpoints. RunError (exit 2) naming the first bad one."""
+    for index, node in enumerate(workflow.get("nodes") or []):
+        where = f"{path}: node {index + 1} of the nodes list"
+        if not isinstance(node, Mapping):
+            raise RunError(f"{where} is not an object", EXIT_USAGE)
+        if not isinstance(node.get("id"), (int, str)) or isinstance(node.get("id"), bool):
+            raise RunError(f"{where} has no id", EXIT_USAGE)
+        if not isinstance(node.get("type"), str) or not node["type"]:
+            raise RunError(f"{where} (id {node['id']}) has no type (the node's class name)", EXIT_USAGE)
+    for index, link in enumerate(workflow.get("links") or []):
+        keys = ("id", "origin_id", "origin_slot", "target_id", "target_slot")
+        fields = [link.get(k) for k in keys] if isinstance(link, Mapping) else link
+        numeric = (
+            isinstance(fields, list)
+            and len(fields) >= 5
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in fields[:5])
+        )
+        if not numeric:
+            raise RunError(
+                f"{path}: link {index + 1} of the links list is {link!r}; expected [id, from node, from slot, "
+                "to node, to slot, type] with whole numbers",
+                EXIT_USAGE,
+            )
 
 
 def unknown_type_message(exc: UnknownNodeTypeError, server: str) -> str:
@@ -224,11 +272,13 @@ def build_prompt(
             ]
             if unknown:
                 raise UnknownNodeTypeError(unknown)
-        notes += [f"set {change}" for change in apply_overrides(prompt, named, sets)]
+        notes += [f"set {change}" for change in apply_overrides(prompt, named, sets, object_info)]
     except UnknownNodeTypeError as exc:
         raise RunError(unknown_type_message(exc, server), EXIT_USAGE) from exc
     except WorkflowError as exc:
         raise RunError(str(exc), EXIT_USAGE) from exc
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as exc:
+        raise RunError(f"the workflow is malformed ({type(exc).__name__}: {exc})", EXIT_USAGE) from exc
     if not prompt:
         raise RunError("the workflow has no nodes to run", EXIT_USAGE)
     return prompt, notes
@@ -481,6 +531,10 @@ async def follow_websocket(
                 if outcome is not None:
                     return outcome
             elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                reporter.line(
+                    f"the websocket to {client.server} closed before the job ended (server stopped or "
+                    "restarted, or a proxy cut it): following the job through /history and /queue"
+                )
                 return None
 
 
@@ -507,22 +561,54 @@ def queue_and_follow(
         if not queued:
             reporter.line(f"websocket unavailable ({exc}): no live progress, waiting for the result")
             return queue(), None
-        reporter.line(f"websocket lost ({exc}): waiting for the result")
+        reporter.line(f"websocket lost ({exc}): following the job through /history and /queue")
         return queued[0], None
     return queued[0], outcome
 
 
 def wait_for_history(client: ComfyClient, prompt_id: str, timeout: float) -> Mapping[str, Any]:
-    """Poll /history/<id> until the job's entry appears (the server adds it when it ends)."""
+    """Poll /history/<id> until the job's entry appears (the server adds it when it ends).
+
+    Stops with a RunError when the server stops answering (it died during the run) or when
+    the job is neither in the history nor in the queue twice in a row (the server lost it,
+    e.g. it restarted), instead of waiting out ``timeout``.
+    """
     deadline = time.monotonic() + timeout
+    missing = 0
     while True:
-        history = client.get_json(f"/history/{urllib.parse.quote(prompt_id)}")
-        entry = history.get(prompt_id) if isinstance(history, Mapping) else None
-        if isinstance(entry, Mapping):
-            return entry
+        try:
+            history = client.get_json(f"/history/{urllib.parse.quote(prompt_id)}")
+            entry = history.get(prompt_id) if isinstance(history, Mapping) else None
+            if isinstance(entry, Mapping):
+                return entry
+            missing = 0 if job_is_queued(client.get_json("/queue"), prompt_id) else missing + 1
+        except RunError as exc:
+            if exc.exit_code != EXIT_UNREACHABLE:
+                raise
+            raise RunError(
+                f"ComfyUI at {client.server} stopped answering while the job ran, so its result is lost; "
+                "see the server's console for why it stopped, then run the command again",
+                EXIT_UNREACHABLE,
+            ) from exc
+        if missing >= 2:
+            raise RunError(
+                f"the job {prompt_id} is neither queued, running nor finished on {client.server} (was the "
+                "server restarted?); run the command again"
+            )
         if time.monotonic() > deadline:
             raise RunError(f"the job did not finish within {timeout:g} s (it keeps running on the server)")
         time.sleep(POLL_SECONDS)
+
+
+def job_is_queued(queue: Any, prompt_id: str) -> bool:
+    """Whether /queue lists ``prompt_id`` as running or pending (entries are [number, id, ...])."""
+    if not isinstance(queue, Mapping):
+        return True  # cannot tell: keep waiting
+    for key in ("queue_running", "queue_pending"):
+        for item in queue.get(key) or []:
+            if isinstance(item, list) and len(item) > 1 and item[1] == prompt_id:
+                return True
+    return False
 
 
 def history_outcome(entry: Mapping[str, Any]) -> Outcome:
@@ -656,13 +742,15 @@ def queue_prompt(
     object_info: Mapping[str, Any],
     reporter: Reporter,
     refused: list[str],
+    workflow: Mapping[str, Any] | None = None,
 ) -> str:
     """POST the prompt; raise RunError when the server refuses all of it. Problems with parts
     of it (outputs that will not run) are printed and appended to ``refused``."""
     prompt_id = str(uuid.uuid4())
-    status, answer = client.post_json(
-        "/prompt", {"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id}
-    )
+    payload: dict[str, Any] = {"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id}
+    if workflow is not None:  # as the browser does: saved PNGs then carry the graph
+        payload["extra_data"] = {"extra_pnginfo": {"workflow": workflow}}
+    status, answer = client.post_json("/prompt", payload)
     finder = FolderFinder(client, _load_model_files())
     if status != 200:
         lines = describe_refusal(answer if isinstance(answer, Mapping) else {}, object_info, finder)
@@ -698,7 +786,8 @@ def run(args: argparse.Namespace) -> int:
     refused: list[str] = []
 
     def queue() -> str:
-        return queue_prompt(client, prompt, client_id, object_info, reporter, refused)
+        ui_workflow = workflow if is_ui_workflow(workflow) else None
+        return queue_prompt(client, prompt, client_id, object_info, reporter, refused, ui_workflow)
 
     prompt_id, outcome = queue_and_follow(client, client_id, queue, reporter, args.timeout)
     if outcome is not None and not outcome.ok:
@@ -742,6 +831,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except TimeoutError as exc:
         print(f"error: the server did not answer in time ({exc})", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # anything unforeseen: still one line, never a traceback
+        print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
 

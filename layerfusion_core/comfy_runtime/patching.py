@@ -63,11 +63,17 @@ class LayerFusionPatch:
         stream_set: StreamSet,
         prior_positive: list,
         window: tuple[float, float],
+        prior_latent: torch.Tensor | None = None,
+        prior_mask: torch.Tensor | None = None,
     ) -> None:
         self.controller = controller
         self.unet = unet
         self.stream_set = stream_set
         self.prior_positive = prior_positive  # FG-only positive CONDITIONING (batch N)
+        # The FG rows' latent image [N, C, h, w] and noise mask, which the main call's conds
+        # are built from too (inpainting models concatenate them to the UNet input).
+        self.prior_latent = prior_latent
+        self.prior_mask = prior_mask
         self.window = window  # (sigma_start, sigma_end): blending is active in between
         self.rows = RowSelection()
         self.deltas: list[RowDelta] = []
@@ -160,11 +166,26 @@ class LayerFusionPatch:
         model = guider.inner_model
         if self.processed_prior is None:
             conds = {"positive": comfy.sampler_helpers.convert_cond(self.prior_positive)}
-            self.processed_prior = comfy.samplers.process_conds(model, x_fg, conds, x.device, seed=seed)[
-                "positive"
-            ]
+            latent, mask = self._prior_latent_and_mask(model, x_fg)
+            self.processed_prior = comfy.samplers.process_conds(
+                model, x_fg, conds, x.device, latent_image=latent, denoise_mask=mask, seed=seed
+            )["positive"]
         options = self.tagged_options(model_options, Phase.PRIOR)
         comfy.samplers.calc_cond_batch(model, [self.processed_prior], x_fg, timestep_fg, options)
+
+    def _prior_latent_and_mask(self, model, x_fg: torch.Tensor):
+        """The latent image and denoise mask of the FG rows, prepared as the guider prepares
+        the main call's (so concat-conditioned models such as inpainting ones get them)."""
+        comfy = _comfy()
+        latent = self.prior_latent
+        if latent is not None:
+            latent = latent.to(x_fg.device)
+            if torch.count_nonzero(latent) > 0:  # the guider leaves an empty latent unshifted
+                latent = model.process_latent_in(latent)
+        mask = self.prior_mask
+        if mask is not None:
+            mask = comfy.sampler_helpers.prepare_mask(mask, x_fg.shape, x_fg.device)
+        return latent, mask
 
     def _calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
         if self.expect_main and model_options.get("transformer_options", {}).get(PHASE_KEY) is None:
@@ -268,6 +289,8 @@ def patch_model(
     stream_set: StreamSet,
     prior_positive: list,
     eos_index: torch.Tensor | None,
+    prior_latent: torch.Tensor | None = None,
+    prior_mask: torch.Tensor | None = None,
 ):
     """A clone of ``model`` with LayerFusion registered, and its patch object."""
     controller = LayerFusionController(options, unet, stream_set, eos_index)
@@ -277,7 +300,7 @@ def patch_model(
         float(sampling.percent_to_sigma(blend.start_percent)),
         float(sampling.percent_to_sigma(blend.end_percent)),
     )
-    patch = LayerFusionPatch(controller, unet, stream_set, prior_positive, window)
+    patch = LayerFusionPatch(controller, unet, stream_set, prior_positive, window, prior_latent, prior_mask)
     clone = model.clone()
     patch.register(clone, weights)
     return clone, patch

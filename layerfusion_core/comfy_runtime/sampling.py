@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..conditioning import eos_per_image, fg_only_conditioning, stack_conditionings
+from ..conditioning import check_negative, eos_per_image, fg_only_conditioning, stack_conditionings
 from ..fg_weights import ForegroundWeights
-from ..options import BlendMode, LayerFusionOptions
+from ..options import BlendMode, LayerFusionOptions, require_finite
 from ..sdxl import UNetLayout, layout_from_unet_config
 from ..streams import StreamRole, StreamSet
 from .patching import patch_model
@@ -103,6 +103,10 @@ def sample_triplet(
     import comfy.sample
     import comfy.samplers
 
+    cfg = require_finite("cfg", cfg)
+    denoise = require_finite("denoise", denoise)
+    if not 0.0 <= denoise <= 1.0:
+        raise ValueError(f"denoise: expected 0 <= denoise <= 1, got {denoise}")
     unet = model_unet_layout(model)
     if weights is not None:
         weights.check_fits(unet)
@@ -116,6 +120,7 @@ def sample_triplet(
     num_images = latent_image.shape[0]
     streams = {StreamRole.FG: fg, StreamRole.BG: bg, StreamRole.BLENDED: blended}
     positive = stack_conditionings(streams, stream_set, num_images)
+    check_negative(negative)
     eos = eos_per_image(fg, num_images)
     if eos is None:
         log.warning(
@@ -123,9 +128,11 @@ def sample_triplet(
             "the content prior uses the mean over the prompt's tokens"
         )
 
+    noise_mask = latent.get("noise_mask")
     clone, patch = patch_model(
-        model, weights, options, unet, stream_set, fg_only_conditioning(fg, num_images), eos
-    )
+        model, weights, options, unet, stream_set, fg_only_conditioning(fg, num_images), eos,
+        prior_latent=latent_image, prior_mask=noise_mask,
+    )  # fmt: skip
 
     if options.noise.share_initial_noise:
         noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
@@ -133,7 +140,6 @@ def sample_triplet(
     else:
         noise = comfy.sample.prepare_noise(latent_image.repeat_interleave(per_image, dim=0), seed)
     stacked_latent = latent_image.repeat_interleave(per_image, dim=0)
-    noise_mask = latent.get("noise_mask")
     if noise_mask is not None and noise_mask.shape[0] == num_images:
         noise_mask = noise_mask.repeat_interleave(per_image, dim=0)
 
@@ -146,6 +152,8 @@ def sample_triplet(
         denoise=denoise,
     )
     sigmas = ksampler.sigmas
+    start, end = patch.window
+    patch.controller.plan_evaluations(sum(1 for s in sigmas[:-1].tolist() if end <= s <= start))
     sampler = comfy.samplers.sampler_object(sampler_name)
     if (
         options.noise.share_step_noise

@@ -18,14 +18,28 @@ from layerfusion_core.downloads import (
     DownloadError,
     HashMismatchError,
     IncompleteDownloadError,
+    WrongBodyError,
     download_file,
+    download_verified,
     expected_sha256_from_headers,
+    hub_file_info,
     hub_sha256,
 )
 
 BODY = bytes(range(256)) * 400  # 102,400 bytes
 BODY_SHA = hashlib.sha256(BODY).hexdigest()
 OTHER_SHA = hashlib.sha256(b"something else").hexdigest()
+HTML_PAGE = b"<!DOCTYPE html><html><body>Not here!</body></html>\n"  # 51 bytes
+
+
+def _safetensors_bytes() -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    return save({"w": torch.ones(64, 64)})
+
+
+GOOD_SAFETENSORS = _safetensors_bytes()
 
 
 @dataclass
@@ -89,6 +103,9 @@ def server() -> Iterator[LocalServer]:
         "/plain.bin": Route(),
         "/wrong-etag.bin": Route(headers={"ETag": f'"{OTHER_SHA}"'}),
         "/truncated.bin": Route(body=BODY[:5000], declared_length=len(BODY)),
+        "/html.safetensors": Route(body=HTML_PAGE, headers={"Content-Type": "text/html"}),
+        "/html-sized.safetensors": Route(body=HTML_PAGE * 2000),
+        "/good.safetensors": Route(body=GOOD_SAFETENSORS),
         "/resolve.bin": Route(
             body=b"", status=302, headers={"Location": "/file.bin", "X-Linked-Etag": f'"{BODY_SHA}"'}
         ),
@@ -274,3 +291,52 @@ def test_pinned_table_is_empty_or_sha256_and_marked_unverified() -> None:
         assert value == "" or len(value) == 64
         assert model_files.pinned_sha256(name) == (value or None)
     assert "UNVERIFIED" in Path(model_files.__file__).read_text()
+
+
+def test_an_html_page_answered_with_200_is_not_kept_as_the_model(server: LocalServer, folder: Path) -> None:
+    """The 51-byte error page without a hash header, where a 208 MB decoder was expected."""
+    assert len(HTML_PAGE) == 51
+    dest = folder / "vae_transparent_decoder.safetensors"
+    with pytest.raises(WrongBodyError, match=r"got 51 bytes, expected \d+-\d+ bytes"):
+        download_verified(server.url("/html.safetensors"), dest, 208 * 1_000_000)
+    assert list(folder.iterdir()) == []
+
+
+def test_a_body_of_the_right_size_that_is_not_safetensors_is_not_kept(
+    server: LocalServer, folder: Path
+) -> None:
+    dest = folder / "x.safetensors"
+    with pytest.raises(WrongBodyError, match=r"not a safetensors file|not valid JSON|header"):
+        download_verified(server.url("/html-sized.safetensors"), dest, len(HTML_PAGE) * 2000)
+    assert list(folder.iterdir()) == []
+
+
+def test_a_safetensors_body_of_about_the_known_size_is_kept(server: LocalServer, folder: Path) -> None:
+    dest = folder / "x.safetensors"
+    assert download_verified(server.url("/good.safetensors"), dest, len(GOOD_SAFETENSORS)) == dest
+    assert dest.read_bytes() == GOOD_SAFETENSORS
+
+
+def test_the_hub_exact_size_is_checked(server: LocalServer, folder: Path) -> None:
+    dest = folder / "x.safetensors"
+    size = len(GOOD_SAFETENSORS)
+    with pytest.raises(WrongBodyError, match=f"expected {size + 1} bytes"):
+        download_verified(server.url("/good.safetensors"), dest, size, exact_size=size + 1)
+    assert list(folder.iterdir()) == []
+
+
+def test_hub_file_info_reads_the_linked_size(server: LocalServer) -> None:
+    server.routes["/sized.bin"] = Route(
+        body=b"",
+        status=302,
+        headers={"Location": "/file.bin", "X-Linked-Etag": f'"{BODY_SHA}"', "X-Linked-Size": "102400"},
+    )
+    assert hub_file_info(server.url("/sized.bin")) == (BODY_SHA, 102400)
+    assert hub_file_info(server.url("/plain.bin")) == (None, None)
+
+
+def test_a_verified_hash_needs_no_approximate_size(server: LocalServer, folder: Path) -> None:
+    dest = folder / "x.safetensors"
+    sha = hashlib.sha256(GOOD_SAFETENSORS).hexdigest()
+    download_verified(server.url("/good.safetensors"), dest, 743_000_000, expected_sha256=sha)
+    assert dest.read_bytes() == GOOD_SAFETENSORS

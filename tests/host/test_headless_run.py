@@ -96,6 +96,8 @@ def test_workflow_runs_and_the_image_arrives_in_out(server: ComfyServer, tmp_pat
     assert written[0].read_bytes() == (server.output_dir / "headless" / written[0].name).read_bytes()
     assert "executing 3 ImageInvert" in result.stderr
     assert not list(server.output_dir.glob("muted*"))
+    with Image.open(written[0]) as image:  # dragged back into ComfyUI, it restores the graph
+        assert json.loads(image.text["workflow"]) == invert_workflow()
 
 
 def test_missing_model_file_names_node_input_value_and_folder(server: ComfyServer, tmp_path: Path) -> None:

@@ -225,7 +225,7 @@ def test_foreground_loader_auto_download_from_a_local_server(
         )
         base = f"http://127.0.0.1:{httpd.server_address[1]}/"
         monkeypatch.setattr(downloads, "download_url", lambda name: base + name)
-        monkeypatch.setattr(downloads, "hub_sha256", lambda url, *a, **k: digest)
+        monkeypatch.setattr(downloads, "hub_file_info", lambda url, *a, **k: (digest, None))
         monkeypatch.setattr(downloads, "layer_model_dir", lambda: str(layer_model_dir))
         node = pack.node("LayerFusionForegroundLoader")
         name = "layer_xl_transparent_attn.safetensors"
