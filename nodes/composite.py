@@ -6,6 +6,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..layerfusion_core.compositing import alpha_composite
+from .schema import layerfusion_schema
 
 MAX_OFFSET = 16384
 
@@ -13,10 +14,10 @@ MAX_OFFSET = 16384
 class LayerFusionAlphaComposite(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return layerfusion_schema(
             node_id="LayerFusionAlphaComposite",
+            search_aliases=("alpha composite", "paste layer", "layer over background"),
             display_name="LayerFusion Alpha Composite",
-            category="LayerFusion",
             description="Puts an RGBA foreground over an RGB background by its alpha; the FG can be "
             "moved and scaled. The result has the background's size; a batch of 1 on either side is "
             "used for every image of the other.",

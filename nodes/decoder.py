@@ -30,6 +30,7 @@ from .downloads import (
     layer_file_choices,
     read_layer_file,
 )
+from .schema import layerfusion_schema
 from .types import DecoderType
 
 log = logging.getLogger(__name__)
@@ -154,10 +155,10 @@ class LayerFusionTransparentDecoderLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         files = layer_file_choices(FileKind.DECODER)
-        return io.Schema(
+        return layerfusion_schema(
             node_id="LayerFusionTransparentDecoderLoader",
+            search_aliases=("layerdiffuse decoder", "transparent vae", "rgba decoder"),
             display_name="LayerFusion Transparent Decoder Loader",
-            category="LayerFusion",
             description="Loads LayerDiffuse's transparent VAE decoder (turns a FG latent and its "
             "ordinary VAE decode into RGBA). Placed and offloaded by ComfyUI like a VAE.",
             inputs=[
@@ -194,10 +195,10 @@ class LayerFusionTransparentDecoderLoader(io.ComfyNode):
 class LayerFusionTransparentDecode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return layerfusion_schema(
             node_id="LayerFusionTransparentDecode",
+            search_aliases=("layerdiffuse decode", "rgba", "transparent image", "alpha"),
             display_name="LayerFusion Transparent Decode",
-            category="LayerFusion",
             description="FG latent + its ordinary VAE decode -> RGBA image (straight colour), its "
             "RGB and a mask (1 - alpha), with LayerDiffuse's transparent decoder.",
             inputs=[

@@ -7,6 +7,7 @@ import logging
 from comfy_api.latest import io
 
 from ..layerfusion_core.conditioning import EOS_KEY, eos_index_from_windows
+from .schema import layerfusion_schema
 
 log = logging.getLogger(__name__)
 DEFAULT_END_TOKEN = 49407  # CLIP's <|endoftext|>
@@ -34,10 +35,10 @@ def encode(clip, text: str) -> tuple[list, dict]:
 class LayerFusionTextEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return layerfusion_schema(
             node_id="LayerFusionTextEncode",
+            search_aliases=("layer prompt", "foreground background prompt"),
             display_name="LayerFusion Text Encode",
-            category="LayerFusion",
             description="Encodes the foreground, background and blended prompts. The foreground "
             "conditioning records where its end-of-text token is, for the content prior.",
             inputs=[

@@ -20,6 +20,7 @@ from .downloads import (
     layer_file_choices,
     read_layer_file,
 )
+from .schema import layerfusion_schema
 from .types import ForegroundWeightsType
 
 
@@ -40,10 +41,10 @@ class LayerFusionForegroundLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         files = layer_file_choices(FileKind.FG_LORA, FileKind.FG_OFFSETS)
-        return io.Schema(
+        return layerfusion_schema(
             node_id="LayerFusionForegroundLoader",
+            search_aliases=("layerdiffuse", "transparent attention", "foreground lora"),
             display_name="LayerFusion Foreground Weights Loader",
-            category="LayerFusion",
             description="Loads LayerDiffuse's transparent-foreground attention weights (LoRA "
             "layer_xl_transparent_attn or diffusers offsets ld_diffusers_sdxl_attn) for the FG stream only.",
             inputs=[

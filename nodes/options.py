@@ -15,6 +15,7 @@ from ..layerfusion_core.options import (
     SharingMode,
     SparsityFormula,
 )
+from .schema import layerfusion_schema
 from .types import BlendOptionsType, PriorOptionsType
 
 PRIOR_DEFAULTS = PriorOptions()
@@ -29,10 +30,10 @@ class LayerFusionPriorExtractor(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         d = PRIOR_DEFAULTS
-        return io.Schema(
+        return layerfusion_schema(
             node_id="LayerFusionPriorExtractor",
+            search_aliases=("attention prior", "layerfusion options"),
             display_name="LayerFusion Prior Extractor",
-            category="LayerFusion",
             description="How the structure (self-attention) and content (cross-attention EOS) priors "
             "are taken from the foreground stream. Unconnected, the sampler uses these defaults.",
             inputs=[
@@ -97,10 +98,10 @@ class LayerFusionMaskBlender(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         d = BLEND_DEFAULTS
-        return io.Schema(
+        return layerfusion_schema(
             node_id="LayerFusionMaskBlender",
+            search_aliases=("attention blending", "attention sharing", "layerfusion options"),
             display_name="LayerFusion Mask Blender",
-            category="LayerFusion",
             description="How the soft/hard masks are built and where they blend attention between the "
             "foreground and blended streams, and how the blended and background streams share attention.",
             inputs=[

@@ -7,6 +7,7 @@ from comfy_api.latest import io
 from ..layerfusion_core.comfy_runtime import sample_triplet
 from ..layerfusion_core.options import BlendOptions, LayerFusionOptions, NoiseOptions, PriorOptions
 from ..layerfusion_core.streams import StreamRole
+from .schema import layerfusion_schema
 from .types import BlendOptionsType, ForegroundWeightsType, PriorOptionsType
 
 
@@ -25,10 +26,10 @@ def _scheduler_names() -> list[str]:
 class LayerFusionTripletSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return layerfusion_schema(
             node_id="LayerFusionTripletSampler",
+            search_aliases=("layered image", "transparent foreground", "layerdiffuse", "ksampler layers"),
             display_name="LayerFusion Triplet Sampler",
-            category="LayerFusion",
             description="Samples a foreground (with the LayerDiffuse FG weights), a background and the "
             "blended image together; FG priors blend attention between FG and blended, and blended and "
             "background share attention. A latent batch of N gives N triplets.",

@@ -26,6 +26,7 @@ from comfy_api.latest import io, ui
 
 from ..layerfusion_core.file_sets import write_new_files
 from ..layerfusion_core.psd_export import check_same_size, import_psd_tools, layered_psd_writer
+from .schema import layerfusion_schema
 
 COMPRESS_LEVEL = 4  # SaveImage's
 MAX_COUNTER_TRIES = 100_000
@@ -87,10 +88,10 @@ def pick(t: torch.Tensor, index: int) -> torch.Tensor:
 class LayerFusionSaveLayers(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return layerfusion_schema(
             node_id="LayerFusionSaveLayers",
+            search_aliases=("save rgba", "save psd", "layered psd", "save transparent png"),
             display_name="LayerFusion Save Layers",
-            category="LayerFusion",
             description="Saves each triplet to the output folder: <prefix>_NNNNN_fg.png (RGBA), _bg.png, "
             "_blended.png, the masks when connected, and optionally a layered _layers.psd.",
             inputs=[
