@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
-from ..layerfusion_core.model_files import DEFAULT_DECODER_FILE, FileKind, unmark
-from ..layerfusion_core.transparent_vae import (
+from ..layerfusion_core.files.known import DEFAULT_DECODER_FILE, FileKind, unmark
+from ..layerfusion_core.models.transparent_vae import (
     LATENT_SCALE,
     TTA_TRANSFORMS,
     TransparentDecoder,

@@ -8,9 +8,9 @@ import os
 
 from comfy_api.latest import io
 
-from ..layerfusion_core.downloads import download_verified, hub_file_info
-from ..layerfusion_core.file_checks import safetensors_problem, weights_problem
-from ..layerfusion_core.model_files import (
+from ..layerfusion_core.files.checks import safetensors_problem, weights_problem
+from ..layerfusion_core.files.downloads import download_verified, hub_file_info
+from ..layerfusion_core.files.known import (
     BY_NAME,
     FileKind,
     download_url,

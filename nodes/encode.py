@@ -6,7 +6,7 @@ import logging
 
 from comfy_api.latest import io
 
-from ..layerfusion_core.conditioning import EOS_KEY, eos_index_from_windows
+from ..layerfusion_core.comfy_runtime.conditioning import EOS_KEY, eos_index_from_windows
 from .schema import layerfusion_schema
 
 log = logging.getLogger(__name__)

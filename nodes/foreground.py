@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..layerfusion_core.architectures.sdxl import SDXL
 from ..layerfusion_core.fg_weights import parse_foreground_weights
-from ..layerfusion_core.model_files import (
+from ..layerfusion_core.files.known import (
     DEFAULT_FG_FILE,
     FileKind,
     unmark,
     unsupported_reason,
 )
 from ..layerfusion_core.options import WeightApplication, require_finite
-from ..layerfusion_core.sdxl import SDXL
 from .downloads import (
     auto_download_input,
     check_layer_choice,

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from comfy_api.latest import io, ui
 
-from ..layerfusion_core.file_sets import write_new_files
-from ..layerfusion_core.psd_export import check_same_size, import_psd_tools, layered_psd_writer
+from ..layerfusion_core.files.writing import write_new_files
+from ..layerfusion_core.layers.psd import check_same_size, import_psd_tools, layered_psd_writer
 from .schema import layerfusion_schema
 
 COMPRESS_LEVEL = 4  # SaveImage's

@@ -290,8 +290,8 @@ def build_prompt(
 
 
 def _load_model_files() -> ModuleType | None:
-    """layerfusion_core/model_files.py (pure Python) for download hints, or None."""
-    path = _HERE.parent / "layerfusion_core" / "model_files.py"
+    """layerfusion_core/files/known.py (pure Python) for download hints, or None."""
+    path = _HERE.parent / "layerfusion_core" / "files" / "known.py"
     try:
         spec = importlib.util.spec_from_file_location("_layerfusion_model_files", path)
         if spec is None or spec.loader is None:

@@ -37,7 +37,7 @@ from support.comfy_host import REPO_ROOT, ComfyHost
 from support.comfy_server import ComfyServer, comfy_server
 from support.tiny_stand_ins import SUBSTITUTES, random_decoder_state_dict
 
-from layerfusion_core.model_files import DEFAULT_DECODER_FILE
+from layerfusion_core.files.known import DEFAULT_DECODER_FILE
 
 PACK_NAME = "ComfyUI-LayerFusion"
 TEST_PACK_NAME = "layerfusion_test_nodes"

@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import save_file
 from support.tiny_stand_ins import random_decoder_state_dict
 
-from layerfusion_core.model_files import DEFAULT_DECODER_FILE, DEFAULT_FG_FILE
+from layerfusion_core.files.known import DEFAULT_DECODER_FILE, DEFAULT_FG_FILE
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from support import comfy_host as ch
 from support.tiny_stand_ins import random_decoder_state_dict
 
-from layerfusion_core.sdxl import SDXL
+from layerfusion_core.architectures.sdxl import SDXL
 
 FG_LOADER = "LayerFusionForegroundLoader"
 DECODER_LOADER = "LayerFusionTransparentDecoderLoader"

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from support import comfy_host as ch
 from support.fg_tiny import tiny_fg_weights
 
-from layerfusion_core.sdxl import SDXL
+from layerfusion_core.architectures.sdxl import SDXL
 
 NODE_IDS = {
     "LayerFusionTextEncode",

@@ -29,7 +29,7 @@ from support.comfy_host import REPO_ROOT, ComfyHost, prompt_executor
 from support.object_info import object_info
 from support.tiny_stand_ins import random_decoder_state_dict, registered, substitute
 
-from layerfusion_core.model_files import DEFAULT_DECODER_FILE
+from layerfusion_core.files.known import DEFAULT_DECODER_FILE
 
 TOOLS = REPO_ROOT / "tools"
 if str(TOOLS) not in sys.path:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .streams import StreamRole, StreamSet
+from ..method.streams import StreamRole, StreamSet
 
 log = logging.getLogger(__name__)
 
