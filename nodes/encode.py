@@ -6,30 +6,10 @@ import logging
 
 from comfy_api.latest import io
 
-from ..layerfusion_core.comfy_runtime.conditioning import EOS_KEY, eos_index_from_windows
+from ..layerfusion_core.comfy_runtime.conditioning import EOS_KEY, encode, fg_eos_index
 from .schema import layerfusion_schema
 
 log = logging.getLogger(__name__)
-DEFAULT_END_TOKEN = 49407  # CLIP's <|endoftext|>
-
-
-def _end_token(clip, stream: str) -> int:
-    tokenizer = getattr(getattr(clip, "tokenizer", None), f"clip_{stream}", None)
-    return int(getattr(tokenizer, "end_token", None) or DEFAULT_END_TOKEN)
-
-
-def fg_eos_index(clip, tokens: dict) -> int | None:
-    """EOS index of the FG prompt: from the CLIP-G windows (SDXL's context follows its
-    token positions), else CLIP-L."""
-    for stream in ("g", "l"):
-        if stream in tokens:
-            return eos_index_from_windows(tokens[stream], _end_token(clip, stream))
-    return None
-
-
-def encode(clip, text: str) -> tuple[list, dict]:
-    tokens = clip.tokenize(text)
-    return clip.encode_from_tokens_scheduled(tokens), tokens
 
 
 class LayerFusionTextEncode(io.ComfyNode):

@@ -4,6 +4,9 @@ A ComfyUI CONDITIONING is a list of ``[tensor [1, T, C], dict]`` entries. We acc
 entry per stream, pad token lengths by repetition to their least common multiple (which
 leaves attention unchanged, unlike zero padding), and stack image-major so row
 ``n * S + s`` carries stream ``s`` of image ``n``.
+
+Also: the EOS index of a prompt, read from the CLIP's own tokenizer (``encode``,
+``fg_eos_index``), which the content prior needs.
 """
 
 from __future__ import annotations
@@ -163,3 +166,25 @@ def eos_index_from_windows(windows: Sequence[Sequence[Any]], end_token: int) -> 
         if position > 0 and isinstance(token, int) and token == end_token:
             return CLIP_WINDOW * (len(windows) - 1) + position
     return None
+
+
+DEFAULT_END_TOKEN = 49407  # CLIP's <|endoftext|>
+
+
+def _end_token(clip, stream: str) -> int:
+    tokenizer = getattr(getattr(clip, "tokenizer", None), f"clip_{stream}", None)
+    return int(getattr(tokenizer, "end_token", None) or DEFAULT_END_TOKEN)
+
+
+def fg_eos_index(clip, tokens: dict) -> int | None:
+    """EOS index of the FG prompt: from the CLIP-G windows (SDXL's context follows its
+    token positions), else CLIP-L."""
+    for stream in ("g", "l"):
+        if stream in tokens:
+            return eos_index_from_windows(tokens[stream], _end_token(clip, stream))
+    return None
+
+
+def encode(clip, text: str) -> tuple[list, dict]:
+    tokens = clip.tokenize(text)
+    return clip.encode_from_tokens_scheduled(tokens), tokens
