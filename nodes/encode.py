@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from comfy_api.latest import io
 
-from ..layerfusion_core.comfy_runtime.conditioning import EOS_KEY, encode, fg_eos_index
+from ..layerfusion_core.comfy_runtime.conditioning import encode_triplet
 from .schema import layerfusion_schema
-
-log = logging.getLogger(__name__)
 
 
 class LayerFusionTextEncode(io.ComfyNode):
@@ -54,11 +50,4 @@ class LayerFusionTextEncode(io.ComfyNode):
             raise ValueError("clip: expected a CLIP, got None (does the checkpoint contain a text encoder?)")
         if not fg_text.strip():
             raise ValueError("fg_text: expected a foreground prompt, got an empty text")
-        blended_text = blended_text.strip() or f"{fg_text.strip()}, {bg_text.strip()}"
-        fg, fg_tokens = encode(clip, fg_text)
-        eos = fg_eos_index(clip, fg_tokens)
-        if eos is None:
-            log.warning("LayerFusion: no end-of-text token found in the fg prompt's tokens")
-        else:
-            fg = [[t, {**d, EOS_KEY: eos}] for t, d in fg]
-        return io.NodeOutput(fg, encode(clip, bg_text)[0], encode(clip, blended_text)[0])
+        return io.NodeOutput(*encode_triplet(clip, fg_text, bg_text, blended_text))

@@ -188,3 +188,21 @@ def fg_eos_index(clip, tokens: dict) -> int | None:
 def encode(clip, text: str) -> tuple[list, dict]:
     tokens = clip.tokenize(text)
     return clip.encode_from_tokens_scheduled(tokens), tokens
+
+
+def encode_with_eos(clip, text: str) -> list:
+    """``text`` encoded by ``clip``, its entries carrying the prompt's EOS index (for the
+    content prior); without one found, a warning and the plain conditioning."""
+    conditioning, tokens = encode(clip, text)
+    eos = fg_eos_index(clip, tokens)
+    if eos is None:
+        log.warning("LayerFusion: no end-of-text token found in the tokens of %r", text[:60])
+        return conditioning
+    return [[t, {**d, EOS_KEY: eos}] for t, d in conditioning]
+
+
+def encode_triplet(clip, fg_text: str, bg_text: str, blended_text: str) -> tuple[list, list, list]:
+    """The FG (with its EOS index), BG and BLENDED conditionings; an empty BLENDED text
+    becomes '<fg_text>, <bg_text>'."""
+    blended_text = blended_text.strip() or f"{fg_text.strip()}, {bg_text.strip()}"
+    return encode_with_eos(clip, fg_text), encode(clip, bg_text)[0], encode(clip, blended_text)[0]
