@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .merged_weights import MergedWeightCache
 from .options import WeightApplication
 from .sdxl import SDXL, Projection, UNetLayout
 
@@ -84,10 +85,11 @@ class ForegroundWeights:
     strength: float = 1.0
     application: WeightApplication = WeightApplication.ON_THE_FLY
     source: str = ""
-    _device_cache: dict = field(default_factory=dict, repr=False)
+    # Merged copies for WeightApplication.MERGED, kept across runs; shared by every view.
+    merged: MergedWeightCache = field(default_factory=MergedWeightCache, repr=False, compare=False)
 
     def with_settings(self, strength: float, application: WeightApplication) -> ForegroundWeights:
-        """A view with another strength/application (the tensors are shared, not copied)."""
+        """A view with another strength/application (tensors and merged copies are shared)."""
         return ForegroundWeights(
             self.layout_name,
             self.file_format,
@@ -95,6 +97,7 @@ class ForegroundWeights:
             strength,
             WeightApplication(application),
             self.source,
+            self.merged,
         )
 
     @property
