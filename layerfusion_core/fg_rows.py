@@ -5,10 +5,11 @@ its own class whose forward hands its base forward to a ``RowDelta``:
 - on the fly: the base output for every row, plus the rank-r delta on the FG rows;
 - merged: the FG rows through a merged weight copy (``merged_weights``), the other rows
   through the base forward, each row computed once.
-The other rows never see the delta. On the fly they are the base forward's own rows; merged,
-they come from the base forward of those rows alone, which equals the full batch's rows as
-long as the GEMM's result for a row does not depend on how many rows it runs with (it does
-not for float32 on MKL/oneDNN CPUs; tests check it).
+Both work on runs of consecutive rows (views, no gathers). The other rows never see the
+delta. On the fly they are the base forward's own rows; merged, they come from the base
+forward of each run of other rows, which equals the full batch's rows as long as a GEMM's
+result for a row does not depend on how many rows it runs with (it does not for float32 on
+MKL/oneDNN CPUs; tests check it).
 """
 
 from __future__ import annotations
@@ -38,27 +39,33 @@ class RowSelection:
         self.indices: torch.Tensor | None = None
         self.weights_id: object | None = None
         self.merge_allowed = True
-        self._memo: tuple | None = None  # (indices, batch, complement) of the last lookup
-        self._complements: dict[tuple, torch.Tensor | None] = {}
+        self._memo: tuple | None = None  # (indices, batch, runs) of the last lookup
+        self._runs: dict[tuple, tuple[tuple[int, int, bool], ...]] = {}
 
     def __deepcopy__(self, memo: dict) -> RowSelection:
         return self
 
-    def others(self, batch: int) -> torch.Tensor | None:
-        """The unselected rows of a ``batch``-row call (on the indices' device), None when
-        every row is selected. Computed once per selection, not per projection."""
+    def segments(self, batch: int) -> tuple[tuple[int, int, bool], ...]:
+        """The rows of a ``batch``-row call as runs (start, stop, selected), in row order.
+
+        Runs are slices of dim 0, i.e. views: the row paths run their GEMMs on them without
+        gathering rows (a gather costs as much memory traffic as the delta saves). Computed
+        once per selection, not per projection."""
         indices = self.indices
         memo = self._memo
         if memo is not None and memo[0] is indices and memo[1] == batch:
             return memo[2]
-        key = (tuple(indices.tolist()), batch, indices.device)
-        if key not in self._complements:
-            rest = sorted(set(range(batch)) - set(key[0]))
-            self._complements[key] = (
-                torch.tensor(rest, dtype=torch.long, device=indices.device) if rest else None
+        key = (tuple(indices.tolist()), batch)
+        runs = self._runs.get(key)
+        if runs is None:
+            chosen = set(key[0])
+            flags = [i in chosen for i in range(batch)]
+            starts = [i for i in range(batch) if i == 0 or flags[i] != flags[i - 1]]
+            runs = self._runs[key] = tuple(
+                (start, stop, flags[start]) for start, stop in zip(starts, [*starts[1:], batch], strict=True)
             )
-        self._memo = (indices, batch, self._complements[key])
-        return self._memo[2]
+        self._memo = (indices, batch, runs)
+        return runs
 
 
 def plain_weight(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -89,11 +96,15 @@ class RowDelta:
         self.merged = MergedWeightCache() if merged is None else merged
         self._cache: dict[tuple, torch.Tensor] = {}
 
-    def _tensor(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        key = (name, like.device, like.dtype)
+    def _factors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(first, second, bias) on like's device/dtype with the strength (and a LoRA's
+        alpha scale) folded in once per run, as right-hand GEMM operands: the delta of rows
+        [M, in] is (rows @ first) @ second for a LoRA, rows @ first (+ bias) for an offset."""
+        key = (like.device, like.dtype)
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._cache[key] = t.to(device=like.device, dtype=like.dtype)
+            on_device = lambda t: None if t is None else t.to(device=like.device, dtype=like.dtype)  # noqa: E731
+            cached = self._cache[key] = tuple(on_device(t) for t in self.delta.operands(self.strength))
         return cached
 
     def forward(self, module: torch.nn.Module, x: torch.Tensor, base_forward: BaseForward) -> torch.Tensor:
@@ -112,26 +123,54 @@ class RowDelta:
         weight, bias = self.merged.lookup(
             self.path, module, x, self.delta, self.strength, selection.weights_id, self.weight_getter
         )
-        others = selection.others(x.shape[0])
-        if others is None:
+        runs = selection.segments(x.shape[0])
+        if len(runs) == 1 and runs[0][2]:  # every row is FG (a prior pass)
             return F.linear(x, weight, bias)
-        rest = base_forward(x.index_select(0, others))
-        out = rest.new_empty((x.shape[0], *rest.shape[1:]))
-        out.index_copy_(0, others, rest)
-        fg = F.linear(x.index_select(0, selection.indices), weight, bias)
-        return out.index_copy_(0, selection.indices, fg.to(out.dtype))
+        out = None
+        for a, b, fg in runs:  # the other rows first: their dtype is the output's
+            if not fg:
+                rest = base_forward(x[a:b])
+                if out is None:
+                    out = rest.new_empty((x.shape[0], *rest.shape[1:]))
+                out[a:b] = rest
+        in_place = not (out.requires_grad or x.requires_grad or weight.requires_grad) and out.dtype == x.dtype
+        for a, b, fg in runs:  # FG rows written straight into the output, no temporary
+            if not fg:
+                continue
+            if not in_place:
+                out[a:b] = F.linear(x[a:b], weight, bias).to(out.dtype)
+                continue
+            rows2d, dest = x[a:b].reshape(-1, x.shape[-1]), out[a:b].view(-1, out.shape[-1])
+            if bias is None:
+                torch.mm(rows2d, weight.t(), out=dest)
+            else:
+                torch.addmm(bias, rows2d, weight.t(), out=dest)
+        return out
 
     def apply(self, module: torch.nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """``out`` = base(x) for all rows; returns it with the rank-r (or offset) delta added
-        to the selected rows."""
+        """``out`` = base(x) for all rows (the base forward's fresh result); returns it with
+        the rank-r (or offset) delta accumulated in place into each run of selected rows
+        (one GEMM writes into ``out``: no gather, no extra output copy)."""
         rows = self.selection.indices
         if rows is None or rows.numel() == 0 or self.strength == 0:
             return out
-        on_device = lambda name, t: self._tensor(name, t, x)  # noqa: E731
-        if self.selection.others(x.shape[0]) is None:
-            return out + (self.delta.row_delta(x, on_device) * self.strength).to(out.dtype)
-        extra = self.delta.row_delta(x.index_select(0, rows), on_device) * self.strength
-        return out.index_add(0, rows, extra.to(out.dtype))
+        first, second, bias = self._factors(x)
+        fused = out.is_contiguous() and out.dtype == x.dtype
+        for a, b, fg in self.selection.segments(x.shape[0]):
+            if not fg:
+                continue
+            rows2d = x[a:b].reshape(-1, x.shape[-1])
+            target = out[a:b].view(-1, out.shape[-1]) if fused else torch.zeros_like(out[a:b], dtype=x.dtype)
+            target = target.view(-1, out.shape[-1])
+            if second is None:
+                target.addmm_(rows2d, first)
+            else:
+                target.addmm_(torch.mm(rows2d, first), second)
+            if bias is not None:
+                target.add_(bias)
+            if not fused:
+                out[a:b] += target.view(out[a:b].shape).to(out.dtype)
+        return out
 
     def release(self) -> None:
         """Drop the per-run device copies of the delta (end of a sampling run). The merged

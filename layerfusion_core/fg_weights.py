@@ -54,6 +54,11 @@ class LoraFactors:
         """x [R, ..., in] -> the delta of its outputs, x · downᵀ · upᵀ · scale (rank-r path)."""
         return F.linear(F.linear(x, on_device("down", self.down)), on_device("up", self.up)) * self.scale
 
+    def operands(self, strength: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """float32 (first [in, r], second [r, out], bias None): delta of rows [M, in] =
+        (rows @ first) @ second, with ``strength`` and the alpha scale folded in."""
+        return self.down.float().t(), self.up.float().t() * (self.scale * strength), None
+
 
 @dataclass
 class Offset:
@@ -73,6 +78,11 @@ class Offset:
         """x [R, ..., in] -> x · offsetᵀ + bias offset."""
         bias = None if self.bias is None else on_device("bias", self.bias)
         return F.linear(x, on_device("weight", self.weight), bias)
+
+    def operands(self, strength: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """float32 (first [in, out], None, bias [out] or None): delta of rows = rows @ first + bias."""
+        bias = None if self.bias is None else self.bias.float() * strength
+        return self.weight.float().t() * strength, None, bias
 
 
 @dataclass

@@ -71,13 +71,14 @@ class MergedWeightCache:
         if entry is not None and entry.key == key and (source is None or entry.source() is base):
             return entry.weight, entry.bias
         self._entries.pop(path, None)  # free the stale copy before building the new one
-        weight, bias = weight_getter(module, x)
-        merged = (weight.float() + strength * delta.dense().to(weight.device)).to(weight.dtype)
-        if delta.bias is not None:
-            extra = strength * delta.bias.to(device=x.device, dtype=torch.float32)
-            bias = (extra if bias is None else bias.float() + extra).to(x.dtype)
-        elif bias is not None:
-            bias = bias.detach().clone()  # a copy: the cached pair must not follow later edits
+        with torch.no_grad():  # a cache: it must hold no autograd graph
+            weight, bias = weight_getter(module, x)
+            merged = (weight.float() + strength * delta.dense().to(weight.device)).to(weight.dtype)
+            if delta.bias is not None:
+                extra = strength * delta.bias.to(device=x.device, dtype=torch.float32)
+                bias = (extra if bias is None else bias.float() + extra).to(x.dtype)
+            elif bias is not None:
+                bias = bias.clone()  # a copy: the cached pair must not follow later edits
         self._entries[path] = _Entry(key, source, merged, bias)
         self.builds += 1
         return merged, bias

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,7 @@ PHASE_KEY = "layerfusion_phase"
 FG = Stream(StreamRole.FG)
 
 
+@functools.cache
 def _comfy():
     import comfy.ldm.modules.attention
     import comfy.model_patcher
