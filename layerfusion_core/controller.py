@@ -147,20 +147,27 @@ class LayerFusionController:
 
     @property
     def uses_prior_pass(self) -> bool:
-        return self.generative and (
-            self.options.prior.timing == PriorTiming.PRIOR_PASS or self.state.previous is None
-        )
+        """This evaluation runs the FG-only prior pass: only where its masks are used (inside
+        the blending window), and with previous timing only before any map was recorded."""
+        state, timing = self.state, self.options.prior.timing
+        if not (self.generative and state.active) or timing == PriorTiming.PREVIOUS_ONLY:
+            return False
+        return timing == PriorTiming.PRIOR_PASS or state.previous is None
 
     @property
     def records_in_main(self) -> bool:
-        """Maps come from the main call's FG rows (previous timing, or alpha mode)."""
-        return not self.generative or self.options.prior.timing == PriorTiming.PREVIOUS
+        """Maps come from the main call's FG rows: previous timing, alpha mode, or outside
+        the blending window (there nothing blends, so the FG rows are the FG stream alone)."""
+        return not self.generative or self.options.prior.timing.reuses_previous or not self.state.active
 
     def _maps_in_use(self) -> tuple[Maps | None, Maps | None]:
         """(structure source, content source) for this evaluation's masks."""
         state = self.state
-        if self.options.prior.timing == PriorTiming.PREVIOUS and state.previous is not None:
-            return state.previous, state.previous
+        if self.options.prior.timing.reuses_previous:
+            if state.previous is not None:
+                return state.previous, state.previous
+            if self.options.prior.timing == PriorTiming.PREVIOUS_ONLY:
+                return None, None  # nothing recorded before this evaluation: no blending yet
         content = state.recording
         if self.options.prior.content_timing == ContentTiming.PREVIOUS and state.previous is not None:
             content = state.previous

@@ -1,9 +1,15 @@
 """Applying a FG weight delta to selected batch rows only.
 
 Each attention projection of the model is swapped (on a clone) for a subclass instance of
-its own class that computes the base output for every row, then adds the delta to the FG
-rows that a ``RowSelection`` names for the current UNet call. The other rows are left
-bit-identical.
+its own class whose forward hands its base forward to a ``RowDelta``:
+- on the fly: the base output for every row, plus the rank-r delta on the FG rows;
+- merged: the FG rows through a merged weight copy (``merged_weights``), the other rows
+  through the base forward, each row computed once.
+Both work on runs of consecutive rows (views, no gathers). The other rows never see the
+delta. On the fly they are the base forward's own rows; merged, they come from the base
+forward of each run of other rows, which equals the full batch's rows as long as a GEMM's
+result for a row does not depend on how many rows it runs with (it does not for float32 on
+MKL/oneDNN CPUs; tests check it).
 """
 
 from __future__ import annotations
@@ -15,23 +21,52 @@ import torch
 import torch.nn.functional as F
 
 from .fg_weights import LoraFactors, Offset
+from .merged_weights import MergedWeightCache, WeightGetter
 from .options import WeightApplication
+
+BaseForward = Callable[[torch.Tensor], torch.Tensor]
 
 
 class RowSelection:
     """Which rows of the current call get the FG delta; set per UNet call by the host.
 
     ``indices`` is None when no row is selected (the module then behaves like its base).
+    ``weights_id`` names the model's base weights for the merged copies (see
+    ``merged_weights``); ``merge_allowed`` is False while the host may change weights inside
+    a run (the merged path then falls back to the on-the-fly delta, right for any weights).
     """
 
     def __init__(self) -> None:
         self.indices: torch.Tensor | None = None
+        self.weights_id: object | None = None
+        self.merge_allowed = True
+        self._memo: tuple | None = None  # (indices, batch, runs) of the last lookup
+        self._runs: dict[tuple, tuple[tuple[int, int, bool], ...]] = {}
 
     def __deepcopy__(self, memo: dict) -> RowSelection:
         return self
 
+    def segments(self, batch: int) -> tuple[tuple[int, int, bool], ...]:
+        """The rows of a ``batch``-row call as runs (start, stop, selected), in row order.
 
-WeightGetter = Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+        Runs are slices of dim 0, i.e. views: the row paths run their GEMMs on them without
+        gathering rows (a gather costs as much memory traffic as the delta saves). Computed
+        once per selection, not per projection."""
+        indices = self.indices
+        memo = self._memo
+        if memo is not None and memo[0] is indices and memo[1] == batch:
+            return memo[2]
+        key = (tuple(indices.tolist()), batch)
+        runs = self._runs.get(key)
+        if runs is None:
+            chosen = set(key[0])
+            flags = [i in chosen for i in range(batch)]
+            starts = [i for i in range(batch) if i == 0 or flags[i] != flags[i - 1]]
+            runs = self._runs[key] = tuple(
+                (start, stop, flags[start]) for start, stop in zip(starts, [*starts[1:], batch], strict=True)
+            )
+        self._memo = (indices, batch, runs)
+        return runs
 
 
 def plain_weight(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -41,7 +76,7 @@ def plain_weight(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
 
 
 class RowDelta:
-    """The FG delta of one projection, applied to selected rows of its output."""
+    """The FG delta of one projection, applied to the selected rows of its output."""
 
     def __init__(
         self,
@@ -50,54 +85,97 @@ class RowDelta:
         application: WeightApplication,
         selection: RowSelection,
         weight_getter: WeightGetter = plain_weight,
+        path: str = "",
+        merged: MergedWeightCache | None = None,
     ) -> None:
         self.delta = delta
         self.strength = strength
         self.application = WeightApplication(application)
         self.selection = selection
         self.weight_getter = weight_getter
+        self.path = path  # the projection's key in ``merged``
+        self.merged = MergedWeightCache() if merged is None else merged
         self._cache: dict[tuple, torch.Tensor] = {}
 
-    def _tensor(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        key = (name, like.device, like.dtype)
+    def _factors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(first, second, bias) on like's device/dtype with the strength (and a LoRA's
+        alpha scale) folded in once per run, as right-hand GEMM operands: the delta of rows
+        [M, in] is (rows @ first) @ second for a LoRA, rows @ first (+ bias) for an offset."""
+        key = (like.device, like.dtype)
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._cache[key] = t.to(device=like.device, dtype=like.dtype)
+            on_device = lambda t: None if t is None else t.to(device=like.device, dtype=like.dtype)  # noqa: E731
+            cached = self._cache[key] = tuple(on_device(t) for t in self.delta.operands(self.strength))
         return cached
 
-    def _merged_weight(
-        self, module: torch.nn.Module, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        weight, bias = self.weight_getter(module, x)
-        # Keyed on the live weight (its storage and version) so a weight patched after the
-        # cache was filled (another LoRA, a reload) is never served stale.
-        key = ("merged", weight.data_ptr(), weight._version, weight.device, weight.dtype)
-        cached = self._cache.get(key)
-        if cached is None:
-            for k in [k for k in self._cache if k[0] == "merged"]:
-                del self._cache[k]
-            merged = weight.float() + self.strength * self.delta.dense().to(weight.device)
-            cached = self._cache[key] = merged.to(weight.dtype)
-        if self.delta.bias is not None:
-            extra = self.strength * self.delta.bias.to(x)
-            bias = extra if bias is None else bias + extra
-        return cached, bias
+    def forward(self, module: torch.nn.Module, x: torch.Tensor, base_forward: BaseForward) -> torch.Tensor:
+        """The projection of x [B, ..., in]: ``base_forward`` (the module's own forward of
+        some rows of x) for the unselected rows, with the FG delta for the selected ones."""
+        selection = self.selection
+        rows = selection.indices
+        if rows is None or rows.numel() == 0 or self.strength == 0:
+            return base_forward(x)
+        if self.application == WeightApplication.MERGED and selection.merge_allowed:
+            return self._merged(module, x, base_forward)
+        return self.apply(module, x, base_forward(x))
+
+    def _merged(self, module: torch.nn.Module, x: torch.Tensor, base_forward: BaseForward) -> torch.Tensor:
+        selection = self.selection
+        weight, bias = self.merged.lookup(
+            self.path, module, x, self.delta, self.strength, selection.weights_id, self.weight_getter
+        )
+        runs = selection.segments(x.shape[0])
+        if len(runs) == 1 and runs[0][2]:  # every row is FG (a prior pass)
+            return F.linear(x, weight, bias)
+        out = None
+        for a, b, fg in runs:  # the other rows first: their dtype is the output's
+            if not fg:
+                rest = base_forward(x[a:b])
+                if out is None:
+                    out = rest.new_empty((x.shape[0], *rest.shape[1:]))
+                out[a:b] = rest
+        in_place = not (out.requires_grad or x.requires_grad or weight.requires_grad) and out.dtype == x.dtype
+        for a, b, fg in runs:  # FG rows written straight into the output, no temporary
+            if not fg:
+                continue
+            if not in_place:
+                out[a:b] = F.linear(x[a:b], weight, bias).to(out.dtype)
+                continue
+            rows2d, dest = x[a:b].reshape(-1, x.shape[-1]), out[a:b].view(-1, out.shape[-1])
+            if bias is None:
+                torch.mm(rows2d, weight.t(), out=dest)
+            else:
+                torch.addmm(bias, rows2d, weight.t(), out=dest)
+        return out
 
     def apply(self, module: torch.nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """``out`` = base(x) for all rows; returns it with the FG rows given the delta."""
+        """``out`` = base(x) for all rows (the base forward's fresh result); returns it with
+        the rank-r (or offset) delta accumulated in place into each run of selected rows
+        (one GEMM writes into ``out``: no gather, no extra output copy)."""
         rows = self.selection.indices
         if rows is None or rows.numel() == 0 or self.strength == 0:
             return out
-        rows = rows.to(x.device)
-        x_rows = x.index_select(0, rows)
-        if self.application == WeightApplication.MERGED:
-            weight, bias = self._merged_weight(module, x)
-            return out.index_copy(0, rows, F.linear(x_rows, weight, bias))
-        extra = self.delta.row_delta(x_rows, lambda name, t: self._tensor(name, t, x)) * self.strength
-        return out.index_add(0, rows, extra.to(out.dtype))
+        first, second, bias = self._factors(x)
+        fused = out.is_contiguous() and out.dtype == x.dtype
+        for a, b, fg in self.selection.segments(x.shape[0]):
+            if not fg:
+                continue
+            rows2d = x[a:b].reshape(-1, x.shape[-1])
+            target = out[a:b].view(-1, out.shape[-1]) if fused else torch.zeros_like(out[a:b], dtype=x.dtype)
+            target = target.view(-1, out.shape[-1])
+            if second is None:
+                target.addmm_(rows2d, first)
+            else:
+                target.addmm_(torch.mm(rows2d, first), second)
+            if bias is not None:
+                target.add_(bias)
+            if not fused:
+                out[a:b] += target.view(out[a:b].shape).to(out.dtype)
+        return out
 
     def release(self) -> None:
-        """Drop device copies (end of a sampling run)."""
+        """Drop the per-run device copies of the delta (end of a sampling run). The merged
+        copies stay in ``merged`` for the next run; ``merged.release()`` frees them."""
         self._cache.clear()
 
 
@@ -115,9 +193,10 @@ def row_delta_class(base_cls: type[torch.nn.Module]) -> type[torch.nn.Module]:
     if cls is None:
 
         def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            out = base_cls.forward(self, x, *args, **kwargs)
             delta = _ROW_DELTAS.get(self)
-            return out if delta is None else delta.apply(self, x, out)
+            if delta is None:
+                return base_cls.forward(self, x, *args, **kwargs)
+            return delta.forward(self, x, lambda rows: base_cls.forward(self, rows, *args, **kwargs))
 
         cls = type(f"LayerFusionRows{base_cls.__name__}", (base_cls,), {"forward": forward})
         _ROW_CLASSES[base_cls] = cls

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .architectures.sdxl import SDXL, Projection, UNetLayout
+from .merged_weights import MergedWeightCache
 from .options import WeightApplication, require_finite
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ class LoraFactors:
         """x [R, ..., in] -> the delta of its outputs, x · downᵀ · upᵀ · scale (rank-r path)."""
         return F.linear(F.linear(x, on_device("down", self.down)), on_device("up", self.up)) * self.scale
 
+    def operands(self, strength: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """float32 (first [in, r], second [r, out], bias None): delta of rows [M, in] =
+        (rows @ first) @ second, with ``strength`` and the alpha scale folded in."""
+        return self.down.float().t(), self.up.float().t() * (self.scale * strength), None
+
 
 @dataclass
 class Offset:
@@ -73,6 +79,11 @@ class Offset:
         bias = None if self.bias is None else on_device("bias", self.bias)
         return F.linear(x, on_device("weight", self.weight), bias)
 
+    def operands(self, strength: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """float32 (first [in, out], None, bias [out] or None): delta of rows = rows @ first + bias."""
+        bias = None if self.bias is None else self.bias.float() * strength
+        return self.weight.float().t() * strength, None, bias
+
 
 @dataclass
 class ForegroundWeights:
@@ -84,11 +95,13 @@ class ForegroundWeights:
     strength: float = 1.0
     application: WeightApplication = WeightApplication.ON_THE_FLY
     source: str = ""
-    host_state: dict = field(default_factory=dict, repr=False)
+    host_state: dict = field(default_factory=dict, repr=False, compare=False)
     """Shared by every view of these tensors: the host adapter keeps its handle on them here."""
+    # Merged copies for WeightApplication.MERGED, kept across runs; shared by every view.
+    merged: MergedWeightCache = field(default_factory=MergedWeightCache, repr=False, compare=False)
 
     def with_settings(self, strength: float, application: WeightApplication) -> ForegroundWeights:
-        """A view with another strength/application (the tensors are shared, not copied)."""
+        """A view with another strength/application (tensors and merged copies are shared)."""
         return ForegroundWeights(
             self.layout_name,
             self.file_format,
@@ -97,6 +110,7 @@ class ForegroundWeights:
             WeightApplication(application),
             self.source,
             self.host_state,
+            self.merged,
         )
 
     @property

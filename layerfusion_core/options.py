@@ -34,7 +34,12 @@ class PriorTiming(str, Enum):
     """When the FG priors are taken."""
 
     PRIOR_PASS = "prior_pass"  # an extra FG-only conditional forward per evaluation
-    PREVIOUS = "previous"  # reuse the maps recorded during the previous evaluation
+    PREVIOUS = "previous"  # reuse the previous evaluation's maps; the first runs a prior pass
+    PREVIOUS_ONLY = "previous_only"  # the same, with no prior pass: the first evaluation does not blend
+
+    @property
+    def reuses_previous(self) -> bool:
+        return self in (PriorTiming.PREVIOUS, PriorTiming.PREVIOUS_ONLY)
 
 
 class ContentTiming(str, Enum):

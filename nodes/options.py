@@ -59,7 +59,9 @@ class LayerFusionPriorExtractor(io.ComfyNode):
                     "timing",
                     PriorTiming,
                     d.timing,
-                    "prior_pass: one extra FG forward per step (faithful). previous: reuse the previous step's maps (faster).",
+                    "prior_pass: one extra FG forward per step (faithful). previous: reuse the previous step's maps "
+                    "(faster; the first step runs a prior pass). previous_only: the same with no prior pass "
+                    "at all (fastest; the first step does not blend).",
                 ),
                 _combo(
                     "content_timing",

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..architectures.sdxl import SDXL
 from ..fg_weights import ForegroundWeights, parse_foreground_weights
 from ..files.checks import safetensors_problem, weights_problem
 from ..files.downloads import download_verified, hub_file_info
@@ -27,7 +28,6 @@ from ..files.known import (
     unsupported_reason,
 )
 from ..models.transparent_vae import TransparentDecoder
-from ..sdxl import SDXL
 from .model_folders import layer_model_dir, layer_model_path
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,7 @@ PHASE_KEY = "layerfusion_phase"
 FG = Stream(StreamRole.FG)
 
 
+@functools.cache
 def _comfy():
     import comfy.ldm.modules.attention
     import comfy.model_patcher
@@ -84,17 +86,29 @@ class LayerFusionPatch:
     def __deepcopy__(self, memo: dict) -> LayerFusionPatch:
         return self
 
-    def reset(self, *_: Any) -> None:
+    def reset(self, patcher=None, *_: Any) -> None:
+        """Start of a run (ON_PRE_RUN, after ComfyUI loaded and patched the model)."""
         self.controller.reset()
         self.layout: CallLayout | None = None
         self.expect_main = False
         self.processed_prior: list | None = None
+        self.patcher = patcher
+        # The weight-patch set now applied names the base weights of the merged copies.
+        inner = getattr(patcher, "model", None)
+        self.rows.weights_id = getattr(inner, "current_weight_patches_uuid", None)
 
     def release(self, *_: Any) -> None:
         for delta in self.deltas:
             delta.release()
         self.rows.indices = None
         self.processed_prior = None
+        self.patcher = None
+
+    def _detached(self, patcher=None, unpatch_all: bool = True, *_: Any) -> None:
+        """ON_DETACH: the model's weights are unpatched (an unload), so are our merged copies."""
+        if unpatch_all:
+            for merged in {id(d.merged): d.merged for d in self.deltas}.values():
+                merged.release()
 
     # -- registration ------------------------------------------------------------------
     def register(self, model, weights: ForegroundWeights | None) -> None:
@@ -102,7 +116,15 @@ class LayerFusionPatch:
         comfy = _comfy()
         if weights is not None and weights.strength != 0:
             for path, delta in weights.deltas.items():
-                row_delta = RowDelta(delta, weights.strength, weights.application, self.rows, comfy_weight)
+                row_delta = RowDelta(
+                    delta,
+                    weights.strength,
+                    weights.application,
+                    self.rows,
+                    comfy_weight,
+                    path,
+                    weights.merged,
+                )
                 base = model.get_model_object(f"diffusion_model.{path}")
                 model.add_object_patch(f"diffusion_model.{path}", make_row_delta_module(base, row_delta))
                 self.deltas.append(row_delta)
@@ -116,6 +138,7 @@ class LayerFusionPatch:
         callbacks = comfy.patcher_extension.CallbacksMP
         model.add_callback_with_key(callbacks.ON_PRE_RUN, WRAPPER_KEY, self.reset)
         model.add_callback_with_key(callbacks.ON_CLEANUP, WRAPPER_KEY, self.release)
+        model.add_callback_with_key(callbacks.ON_DETACH, WRAPPER_KEY, self._detached)
 
     # -- wrappers ----------------------------------------------------------------------
     def _diffusion_model(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
@@ -123,6 +146,8 @@ class LayerFusionPatch:
         self.layout = self._layout_of(transformer_options.get("cond_or_uncond"), x.shape[0], phase)
         if self.layout is not None:
             self.rows.indices = self.layout.index_tensor(FG, x.device)
+        # ComfyUI weight hooks can swap weights between calls: merged copies would be stale.
+        self.rows.merge_allowed = getattr(self.patcher, "current_hooks", None) is None
         try:
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         finally:

@@ -7,7 +7,7 @@ Run from the repository root::
     python3 tests/benchmarks/bench_triplet.py --sdxl            # GPU, full SDXL UNet, fp16, 1024 px, 25 steps
 
 Options: ``--repeats N``, ``--steps N``, ``--size PX`` (image side), ``--dtype``, ``--threads N``,
-``--no-memory``, ``--profile VARIANT``. Not collected by pytest (no ``test_`` prefix). ComfyUI is
+``--no-memory``, ``--profile VARIANT``, ``--fast-weights APPLICATION``, ``--fast-alt``. Not collected by pytest (no ``test_`` prefix). ComfyUI is
 found as the host tests find it (``$COMFYUI_PATH``, the ComfyUI holding this pack, ``~/ComfyUI``)
 and imported in library mode with only the modules sampling needs.
 
@@ -18,7 +18,11 @@ Variants, interleaved (the order rotates every repeat), after one untimed warm-u
     LayerFusion does; same steps, cfg, sampler and scheduler as every other variant.
 (b) ``faithful``: sample_triplet with the default options (prior pass every evaluation,
     FG weights on the fly).
-(c) ``fast``: previous-step priors and merged FG weights.
+(c) ``fast``: previous-evaluation priors with no prior pass at all (``previous_only``: the
+    first evaluation records the maps in its main call and does not blend) and the FG
+    weights applied as ``--fast-weights`` says (merged by default, built once and reused
+    across runs). ``--fast-alt`` adds a row (c') with the other application, timed in the
+    same rotation, to compare the two on one machine and one run.
 (d) ``sequential``: LayerDiffuse's SDXL chain as users run it, three batch-1 comfy.sample
     runs: FG with the FG LoRA applied as an ordinary ComfyUI weight patch (LoRAAdapter via
     add_patches on a clone, so ComfyUI patches and unpatches the weights around that run);
@@ -91,13 +95,14 @@ from layerfusion_core.options import (  # noqa: E402
 log = logging.getLogger("bench_triplet")
 
 VARIANTS = ("plain", "faithful", "fast", "sequential")
+ALT = "fast_alt"
 LABELS = {
     "plain": "(a) plain batch-3",
     "faithful": "(b) LayerFusion faithful",
     "fast": "(c) LayerFusion fast",
     "sequential": "(d) LayerDiffuse sequential",
 }
-FAST = LayerFusionOptions(prior=PriorOptions(timing=PriorTiming.PREVIOUS))
+FAST = LayerFusionOptions(prior=PriorOptions(timing=PriorTiming.PREVIOUS_ONLY))
 RU_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
 
 # ComfyUI's detected config of SDXL base (comfy/model_detection.py), minus the dtype.
@@ -225,7 +230,9 @@ def build_full_sdxl(comfy: SimpleNamespace, dtype: torch.dtype, seed: int = 0) -
     model.eval()
     layout = layout_from_unet_config(model.model_config.unet_config, name="SDXL")
     if layout.blocks != SDXL.blocks:
-        raise RuntimeError("the built UNet's transformer table differs from layerfusion_core.sdxl.SDXL")
+        raise RuntimeError(
+            "the built UNet's transformer table differs from layerfusion_core.architectures.sdxl.SDXL"
+        )
     return comfy.model_patcher.ModelPatcher(
         model, load_device=load_device, offload_device=comfy.mm.unet_offload_device()
     )
@@ -328,6 +335,12 @@ class Setup:
     fg_model: Any = None
     blended_model: Any = None
     bg_model: Any = None
+    fast_weights: WeightApplication = WeightApplication.MERGED
+    variants: tuple[str, ...] = VARIANTS
+
+    @property
+    def alt_weights(self) -> WeightApplication:
+        return next(a for a in WeightApplication if a != self.fast_weights)
 
     @property
     def latent_side(self) -> int:
@@ -383,7 +396,9 @@ class Setup:
         if variant == "faithful":
             return self.triplet(LayerFusionOptions(), WeightApplication.ON_THE_FLY)
         if variant == "fast":
-            return self.triplet(FAST, WeightApplication.MERGED)
+            return self.triplet(FAST, self.fast_weights)
+        if variant == ALT:
+            return self.triplet(FAST, self.alt_weights)
         if variant == "sequential":
             return self.sequential()
         raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -440,12 +455,13 @@ def timed_run(setup: Setup, variant: str) -> tuple[float, int | None]:
 
 def measure(setup: Setup, repeats: int) -> tuple[dict[str, list[float]], dict[str, int | None]]:
     """Warm every variant up once (untimed), then ``repeats`` rounds in rotating order."""
-    for variant in VARIANTS:
+    variants = setup.variants
+    for variant in variants:
         check_finite(variant, setup.run(variant))
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    peaks: dict[str, int | None] = dict.fromkeys(VARIANTS)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    peaks: dict[str, int | None] = dict.fromkeys(variants)
     for r in range(repeats):
-        order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for variant in order:
             seconds, peak = timed_run(setup, variant)
             times[variant].append(seconds)
@@ -462,7 +478,7 @@ def forked_peaks(setup: Setup) -> dict[str, int | None]:
     Linux starts a child's ru_maxrss afresh at its own RSS.
     """
     peaks: dict[str, int | None] = {}
-    for variant in VARIANTS:
+    for variant in setup.variants:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -527,14 +543,16 @@ def report(
         f"{mode.size}x{mode.size} px, {mode.steps} steps, {mode.sampler}/{mode.scheduler}, cfg {mode.cfg}, "
         f"{str(mode.dtype).removeprefix('torch.')}, FG LoRA rank {mode.lora_rank}, "
         f"{args.repeats} repeats (median), memory = {memory}",
+        f"fast = previous_only priors, FG weights {setup.fast_weights.value}",
         "",
         f"| {'variant':<28} | {'median s':>9} | {'vs plain':>8} | {'peak MB':>8} |",
         f"|{'-' * 30}|{'-' * 11}|{'-' * 10}|{'-' * 10}|",
     ]
-    medians = {v: statistics.median(times[v]) for v in VARIANTS}
-    for v in VARIANTS:
+    medians = {v: statistics.median(times[v]) for v in setup.variants}
+    labels = {**LABELS, ALT: f"(c') fast, FG {setup.alt_weights.value}"}
+    for v in setup.variants:
         lines.append(
-            f"| {LABELS[v]:<28} | {medians[v]:>9.3f} | {ratio(medians[v], medians['plain']):>8} | "
+            f"| {labels[v]:<28} | {medians[v]:>9.3f} | {ratio(medians[v], medians['plain']):>8} | "
             f"{mib(peaks[v]):>8} |"
         )
     extra = (
@@ -544,7 +562,8 @@ def report(
     lines += [
         "",
         f"ratios: faithful {ratio(b, a)} fast {ratio(c, a)} faithful_vs_seq {ratio(b, d)} "
-        f"fast_vs_seq {ratio(c, d)} peak_extra_mb {mib(extra)}",
+        f"fast_vs_seq {ratio(c, d)} peak_extra_mb {mib(extra)}"
+        + (f" fast_alt {ratio(medians[ALT], a)}" if ALT in medians else ""),
     ]
     print("\n".join(lines), flush=True)
 
@@ -562,7 +581,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="weights (tiny float32, sdxl float16)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: tiny 1, sdxl torch's own)")
     parser.add_argument("--no-memory", action="store_true", help="CPU: skip the per-variant child processes")
-    parser.add_argument("--profile", choices=VARIANTS, help="after timing, cProfile one run (to stderr)")
+    parser.add_argument(
+        "--profile", choices=(*VARIANTS, ALT), help="after timing, cProfile one run (to stderr)"
+    )
+    parser.add_argument(
+        "--fast-weights",
+        choices=[a.value for a in WeightApplication],
+        default=WeightApplication.MERGED.value,
+        help="FG weight application of the fast variant (default merged)",
+    )
+    parser.add_argument("--fast-alt", action="store_true", help="add (c'): fast with the other application")
     args = parser.parse_args(argv)
     base = TINY if args.mode == "tiny" else FULL
     args.repeats = args.repeats or base.repeats
@@ -592,7 +620,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_flush_denormal(True)
     comfy = import_comfy(cpu)
     setup = make_setup(mode, comfy)
-    peaks: dict[str, int | None] = dict.fromkeys(VARIANTS)
+    setup.fast_weights = WeightApplication(args.fast_weights)
+    setup.variants = (*VARIANTS, ALT) if args.fast_alt else VARIANTS
+    peaks: dict[str, int | None] = dict.fromkeys(setup.variants)
     if not on_gpu(setup) and not args.no_memory:
         if hasattr(os, "fork"):
             peaks = forked_peaks(setup)

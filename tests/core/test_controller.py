@@ -118,3 +118,41 @@ def test_alpha_mode_records_in_main_and_never_blends():
         ctrl.cross_attention(q, k[:, :8], v[:, :8], call(Phase.MAIN, block, layout))
     soft, hard, grid = ctrl.final_masks()
     assert soft.shape == hard.shape == (1, 16) and grid == GRID and soft.max() == 1
+
+
+def main_call(ctrl, seed=5):
+    """One main call (cfg 1, one image): the structure layer and every content block."""
+    layout = CallLayout.for_call(StreamSet(), [0], 3)
+    q, k, v = qkv(3, seed=seed)
+    ctrl.self_attention(q, k, v, call(Phase.MAIN, LAST, layout))
+    for block in sorted(ctrl.content_blocks):
+        qt, kt, vt = qkv(3, seed=seed + 1)
+        ctrl.cross_attention(qt, kt[:, :8], vt[:, :8], call(Phase.MAIN, block, layout))
+    return layout
+
+
+def test_previous_only_never_runs_a_prior_pass_and_blends_from_the_second_evaluation():
+    options = LayerFusionOptions(prior=PriorOptions(timing=PriorTiming.PREVIOUS_ONLY))
+    ctrl = LayerFusionController(options, UNET, StreamSet(), None)
+    ctrl.begin_evaluation(active=True)
+    assert not ctrl.uses_prior_pass and ctrl.records_in_main
+    layout = main_call(ctrl)
+    assert ctrl.masks_for(LAST, GRID) is None  # nothing from before this evaluation
+    out = torch.randn(3, 16, 8)
+    assert torch.equal(ctrl.blend_output(out, call(Phase.MAIN, LAST, layout), "attn1"), out)
+    ctrl.begin_evaluation(active=True)
+    assert not ctrl.uses_prior_pass and ctrl.state.previous.sparsity is not None
+    assert not torch.equal(ctrl.blend_output(out, call(Phase.MAIN, LAST, layout), "attn1"), out)
+
+
+def test_outside_the_window_no_prior_pass_runs_and_the_main_call_records():
+    ctrl = LayerFusionController(LayerFusionOptions(), UNET, StreamSet(), None)
+    ctrl.begin_evaluation(active=False)
+    assert not ctrl.uses_prior_pass and ctrl.records_in_main
+    main_call(ctrl)
+    assert (
+        ctrl.state.recording.sparsity is not None and set(ctrl.state.recording.content) == ctrl.content_blocks
+    )
+    assert ctrl.final_masks() is not None
+    ctrl.begin_evaluation(active=True)
+    assert ctrl.uses_prior_pass and not ctrl.records_in_main
