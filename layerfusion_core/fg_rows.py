@@ -14,8 +14,9 @@ MKL/oneDNN CPUs; tests check it).
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -69,10 +70,13 @@ class RowSelection:
         return runs
 
 
-def plain_weight(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The module's weight and bias on x's device and dtype."""
+@contextlib.contextmanager
+def plain_weight(
+    module: torch.nn.Module, x: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The module's weight and bias on x's device and dtype (a ``WeightGetter``)."""
     bias = module.bias.to(x) if module.bias is not None else None
-    return module.weight.to(x), bias
+    yield module.weight.to(x), bias
 
 
 class RowDelta:

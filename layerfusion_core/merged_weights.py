@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,11 @@ import torch
 if TYPE_CHECKING:
     from .fg_weights import LoraFactors, Offset
 
-WeightGetter = Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+WeightGetter = Callable[
+    [torch.nn.Module, torch.Tensor], AbstractContextManager[tuple[torch.Tensor, torch.Tensor | None]]
+]
+"""``with get(module, x) as (weight, bias)``: the module's weight and bias on x's device and
+dtype, valid inside the block (the host may hand back a cast buffer afterwards)."""
 
 
 @dataclass
@@ -71,8 +76,8 @@ class MergedWeightCache:
         if entry is not None and entry.key == key and (source is None or entry.source() is base):
             return entry.weight, entry.bias
         self._entries.pop(path, None)  # free the stale copy before building the new one
-        with torch.no_grad():  # a cache: it must hold no autograd graph
-            weight, bias = weight_getter(module, x)
+        # A cache: it holds no autograd graph, and nothing of the host's cast buffers.
+        with torch.no_grad(), weight_getter(module, x) as (weight, bias):
             merged = (weight.float() + strength * delta.dense().to(weight.device)).to(weight.dtype)
             if delta.bias is not None:
                 extra = strength * delta.bias.to(device=x.device, dtype=torch.float32)

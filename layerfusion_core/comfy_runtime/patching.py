@@ -25,6 +25,7 @@ from ..fg_rows import RowDelta, RowSelection, make_row_delta_module
 from ..fg_weights import ForegroundWeights
 from ..method.streams import CallLayout, Stream, StreamRole, StreamSet
 from ..options import BlockKey, LayerFusionOptions
+from .casting import cast_weight_bias
 from .memory import attention_row_factor, register_memory
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,6 @@ def _comfy():
     import comfy.samplers
 
     return comfy
-
-
-def comfy_weight(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The module's weight and bias as ComfyUI would use them for x (cast, low-VRAM patches)."""
-    comfy = _comfy()
-    if getattr(module, "comfy_cast_weights", False) or getattr(module, "weight_function", None):
-        return comfy.ops.cast_bias_weight(module, x)
-    bias = module.bias.to(x) if module.bias is not None else None
-    return module.weight.to(x), bias
 
 
 class LayerFusionPatch:
@@ -121,7 +113,7 @@ class LayerFusionPatch:
                     weights.strength,
                     weights.application,
                     self.rows,
-                    comfy_weight,
+                    cast_weight_bias,
                     path,
                     weights.merged,
                 )
@@ -266,8 +258,8 @@ class LayerFusionPatch:
         precision = extra_options.get("attn_precision")
 
         def attention(q, k, v, heads_=heads, mask=None):
-            # transformer_options carries an attention override of another node where the
-            # host has them (0.25 and later); older hosts' attention functions ignore it.
+            # transformer_options carries another node's attention override
+            # (optimized_attention_override) where the host has one; hosts without ignore it.
             return comfy.ldm.modules.attention.optimized_attention(
                 q, k, v, heads_, mask=mask, attn_precision=precision, transformer_options=extra_options
             )
