@@ -6,22 +6,28 @@
   offloads them like any model, and keeps them loaded across runs; the deltas read the
   very same parameters, wherever the host put them.
 - Attention work: shared self-attention gives the BG and BLENDED rows twice the keys. The
-  host's estimate (linear in rows) is scaled by the rows that work is worth: the clone's
-  ``memory_usage_factor`` (an object patch, seen by the cond/uncond batching decision while
-  sampling) and the noise shape of the PREPARE_SAMPLING estimate (seen when the models are
-  loaded, before the object patches are in place).
+  host's estimate (linear in rows) is scaled by the rows that work is worth, in both places
+  the host estimates: the noise shape its PREPARE_SAMPLING estimate is made for (when the
+  models are loaded), and the model's ``memory_usage_factor`` inside our main UNet calls'
+  CALC_COND_BATCH (the cond/uncond batching decision), restored when the call returns, so
+  no other run ever sees it (an object patch would stay in place while the model stays
+  loaded, and scale the next plain run's estimate too).
+- Merged FG weights: the copies not built yet are added to the PREPARE_SAMPLING estimate
+  (as the rows whose activations cost as much), so ComfyUI frees room for them first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from ..fg_weights import ForegroundWeights
 from ..method.streams import StreamSet
-from ..options import SharingMode
+from ..options import SharingMode, WeightApplication
 
 PATCHER_KEY = "layerfusion_patcher"
 ADDITIONAL_MODELS_KEY = "layerfusion_fg_weights"
@@ -78,21 +84,56 @@ def attention_row_factor(stream_set: StreamSet, sharing: SharingMode) -> float:
     return (streams + doubled) / streams
 
 
-def register_memory(clone, weights: ForegroundWeights | None, factor: float, wrapper_key: str) -> None:
-    """Make ``clone``'s memory estimate see the FG weights and ``factor`` times the rows."""
-    import comfy.patcher_extension
+def merged_bytes_to_build(weights: ForegroundWeights | None, dtype: torch.dtype) -> int:
+    """Bytes the merged copies of ``weights`` will take that are not held yet (0 on the fly)."""
+    if (
+        weights is None
+        or weights.strength == 0
+        or WeightApplication(weights.application) != WeightApplication.MERGED
+    ):
+        return 0
+    size = torch.empty((), dtype=dtype).element_size()
+    total = sum(math.prod(delta.shape) * size for delta in weights.deltas.values())
+    return max(0, total - weights.merged.num_bytes)
 
-    if weights is not None and weights.strength != 0:
-        clone.set_additional_models(ADDITIONAL_MODELS_KEY, [foreground_weights_patcher(weights, clone)])
-    if factor == 1.0:
-        return
-    base = clone.get_model_object("memory_usage_factor")
-    clone.add_object_patch("memory_usage_factor", base * factor)
 
-    def prepare_sampling(executor, model, noise_shape, *args, **kwargs):
-        rows = math.ceil(noise_shape[0] * factor)
-        return executor(model, [rows, *list(noise_shape[1:])], *args, **kwargs)
+class RunMemory:
+    """What one run adds to the host's estimates: ``factor`` times the rows, plus the merged
+    copies still to build."""
 
-    clone.add_wrapper_with_key(
-        comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, wrapper_key, prepare_sampling
-    )
+    def __init__(self, factor: float, weights: ForegroundWeights | None) -> None:
+        self.factor = factor
+        self.weights = weights
+
+    def register(self, clone, wrapper_key: str) -> None:
+        """The FG weights as an additional model of ``clone``, and the estimate wrapper."""
+        import comfy.patcher_extension
+
+        weights = self.weights
+        if weights is not None and weights.strength != 0:
+            clone.set_additional_models(ADDITIONAL_MODELS_KEY, [foreground_weights_patcher(weights, clone)])
+        clone.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, wrapper_key, self.prepare_sampling
+        )
+
+    def prepare_sampling(self, executor, model, noise_shape, *args, **kwargs):
+        """PREPARE_SAMPLING wrapper: the host estimates for the rows this run is worth."""
+        rows = noise_shape[0] * self.factor
+        extra = merged_bytes_to_build(self.weights, model.model_dtype())
+        if extra:
+            per_row = model.model.memory_required([1, *list(noise_shape[1:])])
+            rows += extra / (2 * per_row)  # the host's estimate counts cond and uncond rows
+        return executor(model, [math.ceil(rows), *list(noise_shape[1:])], *args, **kwargs)
+
+    @contextlib.contextmanager
+    def batching_estimate(self, base_model) -> Iterator[None]:
+        """Inside one of our main calls: the cond batching decision sees ``factor``."""
+        if self.factor == 1.0:
+            yield
+            return
+        base = base_model.memory_usage_factor
+        base_model.memory_usage_factor = base * self.factor
+        try:
+            yield
+        finally:
+            base_model.memory_usage_factor = base

@@ -26,7 +26,7 @@ from ..fg_weights import ForegroundWeights
 from ..method.streams import CallLayout, Stream, StreamRole, StreamSet
 from ..options import BlockKey, LayerFusionOptions
 from .casting import cast_weight_bias
-from .memory import attention_row_factor, register_memory
+from .memory import RunMemory, attention_row_factor
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +120,8 @@ class LayerFusionPatch:
                 base = model.get_model_object(f"diffusion_model.{path}")
                 model.add_object_patch(f"diffusion_model.{path}", make_row_delta_module(base, row_delta))
                 self.deltas.append(row_delta)
-        register_memory(
-            model, weights, attention_row_factor(self.stream_set, self.controller.sharing), WRAPPER_KEY
-        )
+        self.memory = RunMemory(attention_row_factor(self.stream_set, self.controller.sharing), weights)
+        self.memory.register(model, WRAPPER_KEY)
         wrappers = comfy.patcher_extension.WrappersMP
         model.add_wrapper_with_key(wrappers.DIFFUSION_MODEL, WRAPPER_KEY, self._diffusion_model)
         model.add_wrapper_with_key(wrappers.PREDICT_NOISE, WRAPPER_KEY, self._predict_noise)
@@ -208,6 +207,8 @@ class LayerFusionPatch:
         if self.expect_main and model_options.get("transformer_options", {}).get(PHASE_KEY) is None:
             self.expect_main = False
             model_options = self.tagged_options(model_options, Phase.MAIN)
+            with self.memory.batching_estimate(model):
+                return executor(model, conds, x_in, timestep, model_options)
         return executor(model, conds, x_in, timestep, model_options)
 
     # -- tagged options ----------------------------------------------------------------

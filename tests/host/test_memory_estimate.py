@@ -1,6 +1,8 @@
 """ComfyUI's model management sees what a LayerFusion run holds and does: the FG weights are a
 model it loads and counts, and the extra attention work scales its estimates."""
 
+import math
+
 import pytest
 from support import comfy_host as ch
 from support.fg_tiny import tiny_fg_weights
@@ -81,6 +83,34 @@ def test_cond_batching_decision_sees_the_extra_rows(make_tiny_sdxl):
     main_calls = [c for c in calls if c.batch == 3]
     assert main_calls and all(len(c.cond_or_uncond) == 1 for c in main_calls), calls
     assert not any(c.batch == 6 for c in calls)
-    # Once ComfyUI swaps the caller's model back in, its own factor is back.
-    plain(model, conds()[0])
+    # The scaling lived in our calls only: the model's own factor is back at once.
     assert model.model.memory_usage_factor == make_tiny_sdxl(0).model.memory_usage_factor
+
+
+def test_a_plain_run_after_layerfusion_gets_its_own_estimate(make_tiny_sdxl, load_requests):
+    model = make_tiny_sdxl(0)
+    plain(model, conds()[0], images=3)
+    before = load_requests[-1][1]
+    run(model)
+    plain(model, conds()[0], images=3)
+    assert load_requests[-1][1] == pytest.approx(before, rel=1e-9)
+
+
+def test_merged_copies_still_to_build_are_in_the_estimate(make_tiny_sdxl, load_requests):
+    model = make_tiny_sdxl(0)
+    plain(model, conds()[0], images=3)
+    plain_memory = load_requests[-1][1]
+    weights = tiny_fg_weights(model, application="merged")
+    merged_bytes = sum(math.prod(d.shape) * 4 for d in weights.deltas.values())  # float32 model
+    run(model, weights=weights)
+    first = load_requests[-1][1]
+    # The host's estimate is made for whole rows: the copies round up to the next row.
+    row = plain_memory / 6  # the estimate of one triplet's 3 rows counts 6 (cond and uncond)
+    assert (
+        plain_memory * SHARING_FACTOR + merged_bytes
+        <= first
+        <= plain_memory * SHARING_FACTOR + merged_bytes + 2 * row
+    )
+    assert weights.merged.num_bytes >= merged_bytes  # built, and kept for the next run
+    run(model, weights=weights)
+    assert load_requests[-1][1] == pytest.approx(plain_memory * SHARING_FACTOR, rel=1e-6)
