@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from ..architectures.sdxl import SDXL
-from ..fg_weights import ForegroundWeights, parse_foreground_weights
 from ..files.checks import safetensors_problem, weights_problem
 from ..files.downloads import download_verified, hub_file_info
 from ..files.known import (
@@ -27,6 +26,7 @@ from ..files.known import (
     unmark,
     unsupported_reason,
 )
+from ..models.fg_weights import ForegroundWeights, parse_foreground_weights
 from ..models.transparent_vae import TransparentDecoder
 from .model_folders import layer_model_dir, layer_model_path
 

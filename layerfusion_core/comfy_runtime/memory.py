@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from ..fg_weights import ForegroundWeights
 from ..method.streams import StreamSet
+from ..models.fg_weights import ForegroundWeights
 from ..options import SharingMode, WeightApplication
 
 PATCHER_KEY = "layerfusion_patcher"

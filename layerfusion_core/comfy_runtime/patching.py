@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from ..architectures.sdxl import UNetLayout
-from ..controller import AttentionCall, LayerFusionController, Phase
-from ..fg_rows import RowDelta, RowSelection, make_row_delta_module
-from ..fg_weights import ForegroundWeights
+from ..method.controller import AttentionCall, LayerFusionController, Phase
 from ..method.streams import CallLayout, Stream, StreamRole, StreamSet
+from ..models.fg_weights import ForegroundWeights
+from ..models.row_deltas import RowDelta, RowSelection, make_row_delta_module
 from ..options import BlockKey, LayerFusionOptions
 from .casting import cast_weight_bias
 from .memory import RunMemory, attention_row_factor

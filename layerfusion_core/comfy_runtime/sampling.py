@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ..architectures.sdxl import UNetLayout, layout_from_unet_config
-from ..fg_weights import ForegroundWeights
 from ..method.streams import StreamRole, StreamSet
+from ..models.fg_weights import ForegroundWeights
 from ..options import BlendMode, LayerFusionOptions, require_finite
 from .conditioning import check_negative, eos_per_image, fg_only_conditioning, stack_conditionings
 from .patching import patch_model

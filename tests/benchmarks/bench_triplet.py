@@ -83,8 +83,8 @@ from support import comfy_host as ch  # noqa: E402
 
 from layerfusion_core.architectures.sdxl import SDXL, UNetLayout, layout_from_unet_config  # noqa: E402
 from layerfusion_core.comfy_runtime.conditioning import EOS_KEY  # noqa: E402
-from layerfusion_core.fg_weights import ForegroundWeights, parse_foreground_weights  # noqa: E402
 from layerfusion_core.method.streams import StreamRole  # noqa: E402
+from layerfusion_core.models.fg_weights import ForegroundWeights, parse_foreground_weights  # noqa: E402
 from layerfusion_core.options import (  # noqa: E402
     LayerFusionOptions,
     PriorOptions,

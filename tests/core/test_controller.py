@@ -3,8 +3,8 @@
 import torch
 
 from layerfusion_core.architectures.sdxl import build_layout
-from layerfusion_core.controller import AttentionCall, LayerFusionController, Phase
 from layerfusion_core.method.blend import sdpa_attention
+from layerfusion_core.method.controller import AttentionCall, LayerFusionController, Phase
 from layerfusion_core.method.streams import CallLayout, Stream, StreamRole, StreamSet, split
 from layerfusion_core.options import (
     BlendMode,

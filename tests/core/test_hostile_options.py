@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from layerfusion_core.architectures.sdxl import SDXL
-from layerfusion_core.controller import LayerFusionController
+from layerfusion_core.method.controller import LayerFusionController
 from layerfusion_core.method.streams import StreamSet
 from layerfusion_core.options import BlendOptions, LayerFusionOptions, LayerSet, PriorOptions
 

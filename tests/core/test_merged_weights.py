@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layerfusion_core.fg_rows import RowDelta, RowSelection, make_row_delta_module, plain_weight
-from layerfusion_core.fg_weights import LoraFactors
-from layerfusion_core.merged_weights import MergedWeightCache
+from layerfusion_core.models.fg_weights import LoraFactors
+from layerfusion_core.models.merged_weights import MergedWeightCache
+from layerfusion_core.models.row_deltas import RowDelta, RowSelection, make_row_delta_module, plain_weight
 
 
 class CountingLinear(torch.nn.Linear):

@@ -144,7 +144,7 @@ def test_caller_model_is_unchanged_after_runs_errors_and_cancel(tiny_sdxl, monke
     run(tiny_sdxl)
     assert torch.equal(plain(tiny_sdxl, fg), before)
 
-    from layerfusion_core.controller import LayerFusionController
+    from layerfusion_core.method.controller import LayerFusionController
 
     calls = {"n": 0}
     original = LayerFusionController.blend_output
@@ -224,7 +224,7 @@ def test_errors_name_the_input(tiny_sdxl):
             "normal",
         )
     from layerfusion_core.architectures.sdxl import SDXL
-    from layerfusion_core.fg_weights import ForegroundWeightsError, parse_foreground_weights
+    from layerfusion_core.models.fg_weights import ForegroundWeightsError, parse_foreground_weights
 
     sdxl_weights = parse_foreground_weights(
         {f"{p.diffusers_path}.weight": torch.zeros(1).expand(*p.shape) for p in SDXL.projections}, SDXL

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from ..options import WeightApplication
 from .fg_weights import LoraFactors, Offset
 from .merged_weights import MergedWeightCache, WeightGetter
-from .options import WeightApplication
 
 BaseForward = Callable[[torch.Tensor], torch.Tensor]
 

@@ -16,19 +16,8 @@ from enum import Enum
 
 import torch
 
-from .architectures.sdxl import UNetLayout
-from .method.blend import AttentionFn, blend_attention, shared_attention
-from .method.priors import (
-    OrientationVote,
-    blend_masks,
-    content_prior,
-    minmax,
-    orient,
-    resize_prior,
-    sparsity_score,
-)
-from .method.streams import CallLayout, Chunk, Stream, StreamRole, StreamSet, merge, split
-from .options import (
+from ..architectures.sdxl import UNetLayout
+from ..options import (
     BlendMode,
     BlockKey,
     ContentTiming,
@@ -38,6 +27,17 @@ from .options import (
     SharingMode,
     parse_layer_spec,
 )
+from .blend import AttentionFn, blend_attention, shared_attention
+from .priors import (
+    OrientationVote,
+    blend_masks,
+    content_prior,
+    minmax,
+    orient,
+    resize_prior,
+    sparsity_score,
+)
+from .streams import CallLayout, Chunk, Stream, StreamRole, StreamSet, merge, split
 
 log = logging.getLogger(__name__)
 
