@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..layerfusion_core.comfy_runtime import sample_triplet
+from ..layerfusion_core.comfy_runtime import RunPlan, SamplerSettings, sample_triplet
 from ..layerfusion_core.method.streams import StreamRole
 from ..layerfusion_core.options import BlendOptions, LayerFusionOptions, NoiseOptions, PriorOptions
 from .schema import layerfusion_schema
@@ -135,10 +135,9 @@ class LayerFusionTripletSampler(io.ComfyNode):
             blend=blend_options or BlendOptions(),
             noise=NoiseOptions(share_initial_noise=shared_noise, share_step_noise=shared_noise),
         )
-        result = sample_triplet(
-            model, fg_weights, options, fg, bg, blended, negative, latent_image,
-            seed, steps, cfg, sampler_name, scheduler, denoise,
-        )  # fmt: skip
+        plan = RunPlan.triplet(fg, bg, blended, negative, latent_image, options)
+        settings = SamplerSettings(seed, steps, cfg, sampler_name, scheduler, denoise)
+        result = sample_triplet(model, fg_weights, plan, settings)
         latents = [
             {**{k: v for k, v in latent_image.items() if k != "noise_mask"}, "samples": result.latents[role]}
             for role in (StreamRole.FG, StreamRole.BG, StreamRole.BLENDED)

@@ -1,15 +1,30 @@
-"""The host adapter: the only part of the core that imports ComfyUI (lazily, inside
-functions), never imported by ``layerfusion_core/__init__.py`` or by core tests."""
+"""The host adapter: the only part of the core that imports ComfyUI, and only inside
+functions, so importing it needs no ComfyUI (``layerfusion_core/__init__.py`` never does).
+
+- patching.py: what a run registers on its model clone (object patches, wrappers,
+  callbacks, attention replaces and output patches, the prior pass);
+- plan.py, sampling.py: the run plan and the lockstep sampling through ComfyUI's samplers;
+- conditioning.py: CONDITIONING stacking per stream, EOS indices from CLIP's tokenizer;
+- memory.py, casting.py: what a run holds as ComfyUI's model management sees it, and
+  weights taken through the host's cast;
+- loaders.py, model_folders.py, decoding.py, saving.py: LayerDiffuse files in
+  models/layer_model/, the transparent decode, and saving through ComfyUI's save helpers.
+"""
 
 from .patching import PHASE_KEY, WRAPPER_KEY, LayerFusionPatch, patch_model
-from .sampling import TripletResult, model_unet_layout, sample_triplet
+from .plan import RunPlan, SamplerSettings
+from .sampling import LayersResult, TripletResult, model_unet_layout, sample_layers, sample_triplet
 
 __all__ = [
     "PHASE_KEY",
     "WRAPPER_KEY",
     "LayerFusionPatch",
+    "LayersResult",
+    "RunPlan",
+    "SamplerSettings",
     "TripletResult",
     "model_unet_layout",
     "patch_model",
+    "sample_layers",
     "sample_triplet",
 ]

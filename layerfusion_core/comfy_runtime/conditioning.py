@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from ..method.streams import StreamRole, StreamSet
+from ..method.streams import Stream, StreamSet
 
 log = logging.getLogger(__name__)
 
@@ -65,57 +65,64 @@ def eos_index_of(conditioning: Conditioning) -> int | None:
     return None if value is None else int(value)
 
 
-def stack_conditionings(
-    streams: dict[StreamRole, Conditioning],
-    stream_set: StreamSet,
-    num_images: int,
-) -> Conditioning:
-    """One positive CONDITIONING whose batch rows follow the stream layout.
-
-    ``streams`` maps FG, BG (and BLENDED when the stream set has it) to one-entry
-    conditionings, named by role in error messages.
-    """
-    roles = [s.role for s in stream_set.streams]
-    entries = {
-        role: _single_entry(f"{role.value} conditioning", streams[role]) for role in dict.fromkeys(roles)
-    }
-    widths = {role: t.shape[2] for role, (t, _) in entries.items()}
+def _stack_rows(entries: list[tuple[str, tuple[torch.Tensor, dict]]], num_images: int) -> Conditioning:
+    """One CONDITIONING whose rows are ``entries`` (named, in row order) repeated per image:
+    token lengths padded by repetition to their least common multiple, pooled outputs
+    stacked alike, the size keys taken from the first entry."""
+    widths = {name: t.shape[2] for name, (t, _) in entries}
     if len(set(widths.values())) != 1:
-        raise ValueError(
-            f"conditionings have different channel widths: { {r.value: w for r, w in widths.items()} }"
-        )
-    tokens = math.lcm(*(t.shape[1] for t, _ in entries.values()))
-    rows = [repeat_to_tokens(entries[role][0], tokens) for role in roles]
-    stacked = torch.cat(rows, dim=0).repeat(num_images, 1, 1)
-
-    fg_extras = entries[StreamRole.FG][1]
+        raise ValueError(f"conditionings have different channel widths: {widths}")
+    tokens = math.lcm(*(t.shape[1] for _, (t, _) in entries))
+    stacked = torch.cat([repeat_to_tokens(t, tokens) for _, (t, _) in entries], dim=0).repeat(
+        num_images, 1, 1
+    )
     extras: dict[str, Any] = {}
-    pooled = [entries[role][1].get("pooled_output") for role in roles]
+    pooled = [e.get("pooled_output") for _, (_, e) in entries]
     if any(p is not None for p in pooled):
-        if any(p is None for p in pooled):
-            missing = [role.value for role, p in zip(roles, pooled, strict=True) if p is None]
+        missing = [name for (name, _), p in zip(entries, pooled, strict=True) if p is None]
+        if missing:
             raise ValueError(f"conditioning of {', '.join(missing)} has no pooled_output while the others do")
         extras["pooled_output"] = torch.cat(pooled, dim=0).repeat(num_images, 1)
+    first_name, (_, first) = entries[0]
     for key in SIZE_KEYS:
-        if key in fg_extras:
-            extras[key] = fg_extras[key]
-        differing = [r.value for r, (_, e) in entries.items() if key in e and e[key] != fg_extras.get(key)]
+        if key in first:
+            extras[key] = first[key]
+        differing = sorted({n for n, (_, e) in entries if key in e and e[key] != first.get(key)})
         if differing:
             log.warning(
-                "LayerFusion: %s of %s differs from the FG conditioning; using FG's",
+                "LayerFusion: %s of %s differs from %s's; using %s's",
                 key,
                 ", ".join(differing),
+                first_name,
+                first_name,
             )
     return [[stacked, extras]]
 
 
-def fg_only_conditioning(fg: Conditioning, num_images: int) -> Conditioning:
-    """The FG conditioning at batch ``num_images`` (the prior pass's positive)."""
-    tensor, extras = _single_entry("fg conditioning", fg)
-    out = {k: v for k, v in extras.items() if k != EOS_KEY}
-    if "pooled_output" in out:
-        out["pooled_output"] = out["pooled_output"].repeat(num_images, 1)
-    return [[tensor.repeat(num_images, 1, 1), out]]
+def _entries(
+    prompts: Mapping[Stream, Conditioning], streams: tuple[Stream, ...], stream_set: StreamSet
+) -> list[tuple[str, tuple[torch.Tensor, dict]]]:
+    named = {s: stream_set.name(s) for s in streams}
+    checked = {s: _single_entry(f"{named[s]} conditioning", prompts[s]) for s in dict.fromkeys(streams)}
+    return [(named[s], checked[s]) for s in streams]
+
+
+def stack_conditionings(
+    prompts: Mapping[Stream, Conditioning], stream_set: StreamSet, num_images: int
+) -> Conditioning:
+    """One positive CONDITIONING whose batch rows follow the stream layout: row ``n * S + s``
+    carries stream ``s`` of image ``n``. ``prompts`` has a one-entry conditioning for every
+    stream of ``stream_set`` (named by stream in error messages)."""
+    return _stack_rows(_entries(prompts, stream_set.streams, stream_set), num_images)
+
+
+def fg_only_conditioning(
+    prompts: Mapping[Stream, Conditioning], stream_set: StreamSet, num_images: int
+) -> Conditioning:
+    """The positive of the prior pass: the FG streams' rows only, image-major (the layout
+    of a ``fg_only`` call), without the EOS key."""
+    conditioning = _stack_rows(_entries(prompts, stream_set.fg_streams, stream_set), num_images)
+    return [[conditioning[0][0], {k: v for k, v in conditioning[0][1].items() if k != EOS_KEY}]]
 
 
 def check_negative(negative: Conditioning) -> None:
@@ -137,15 +144,15 @@ def check_negative(negative: Conditioning) -> None:
             )
 
 
-def eos_per_image(fg: Conditioning, num_images: int) -> torch.Tensor | None:
-    index = eos_index_of(fg)
-    return None if index is None else torch.full((num_images,), index, dtype=torch.long)
-
-
-def check_roles(streams: dict[StreamRole, Conditioning], required: Sequence[StreamRole]) -> None:
-    missing = [r.value for r in required if streams.get(r) is None]
-    if missing:
-        raise ValueError(f"missing conditioning for {', '.join(missing)}")
+def eos_per_stream(
+    prompts: Mapping[Stream, Conditioning], stream_set: StreamSet, num_images: int
+) -> dict[Stream, torch.Tensor] | None:
+    """Per FG stream whose prompt carries one (from our encode nodes), its EOS index for
+    every image ([N]); None when none does. A stream without one gets a content prior that
+    averages over its prompt's tokens."""
+    found = {s: eos_index_of(prompts[s]) for s in stream_set.fg_streams}
+    eos = {s: torch.full((num_images,), i, dtype=torch.long) for s, i in found.items() if i is not None}
+    return eos or None
 
 
 CLIP_WINDOW = 77

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 WRAPPER_KEY = "layerfusion"
 PHASE_KEY = "layerfusion_phase"
-FG = Stream(StreamRole.FG)
 
 
 @functools.cache
@@ -136,7 +135,7 @@ class LayerFusionPatch:
         phase = transformer_options.get(PHASE_KEY)
         self.layout = self._layout_of(transformer_options.get("cond_or_uncond"), x.shape[0], phase)
         if self.layout is not None:
-            self.rows.indices = self.layout.index_tensor(FG, x.device)
+            self.rows.indices = self.layout.role_tensor(StreamRole.FG, x.device)
         # ComfyUI weight hooks can swap weights between calls: merged copies would be stale.
         self.rows.merge_allowed = getattr(self.patcher, "current_hooks", None) is None
         try:
@@ -174,7 +173,7 @@ class LayerFusionPatch:
         """The FG stream alone, conditional rows, phase-tagged: the hooks record the maps."""
         comfy = _comfy()
         layout = CallLayout.for_call(self.stream_set, [0], x.shape[0])
-        fg_rows = layout.index_tensor(FG, x.device)
+        fg_rows = layout.role_tensor(StreamRole.FG, x.device)
         x_fg = x.index_select(0, fg_rows)
         timestep_fg = (
             timestep.index_select(0, fg_rows.to(timestep.device)) if timestep.numel() > 1 else timestep
@@ -306,7 +305,7 @@ def patch_model(
     unet: UNetLayout,
     stream_set: StreamSet,
     prior_positive: list,
-    eos_index: torch.Tensor | None,
+    eos_index: Mapping[Stream, torch.Tensor] | None,
     prior_latent: torch.Tensor | None = None,
     prior_mask: torch.Tensor | None = None,
 ):

@@ -10,15 +10,23 @@ import torch
 import torch.nn.functional as F
 
 from ..architectures.sdxl import UNetLayout, layout_from_unet_config
-from ..method.streams import StreamRole, StreamSet
+from ..method.streams import Stream, StreamRole, StreamSet
 from ..models.fg_weights import ForegroundWeights
-from ..options import BlendMode, LayerFusionOptions, require_finite
-from .conditioning import check_negative, eos_per_image, fg_only_conditioning, stack_conditionings
+from .conditioning import check_negative, eos_per_stream, fg_only_conditioning, stack_conditionings
 from .patching import patch_model
+from .plan import RunPlan, SamplerSettings
 
 log = logging.getLogger(__name__)
 
 BROWNIAN_SAMPLERS = {"dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"}
+
+
+@dataclass
+class LayersResult:
+    """What a run gives back: every stream's final latent, and each FG stream's final masks."""
+
+    latents: dict[Stream, torch.Tensor]  # [N, 4, h, w] per stream
+    masks: dict[Stream, tuple[torch.Tensor, torch.Tensor]]  # (soft, hard) [N, H, W] at image size
 
 
 @dataclass
@@ -83,111 +91,121 @@ def _progress_callback(model, steps: int):
     return callback
 
 
-def sample_triplet(
-    model,
-    weights: ForegroundWeights | None,
-    options: LayerFusionOptions,
-    fg: list,
-    bg: list,
-    blended: list,
-    negative: list,
-    latent: dict,
-    seed: int,
-    steps: int,
-    cfg: float,
-    sampler_name: str,
-    scheduler: str,
-    denoise: float = 1.0,
-) -> TripletResult:
-    """Sample N triplets (N = the latent's batch) in one lockstep run on a clone of ``model``."""
+def sample_layers(
+    model, weights: ForegroundWeights | None, plan: RunPlan, settings: SamplerSettings
+) -> LayersResult:
+    """Sample every stream of ``plan`` for N images (N = the latent's batch) in one lockstep
+    run on a clone of ``model``."""
     import comfy.sample
     import comfy.samplers
 
-    cfg = require_finite("cfg", cfg)
-    denoise = require_finite("denoise", denoise)
-    if not 0.0 <= denoise <= 1.0:
-        raise ValueError(f"denoise: expected 0 <= denoise <= 1, got {denoise}")
     unet = model_unet_layout(model)
     if weights is not None:
         weights.check_fits(unet)
-    generative = options.blend.mode == BlendMode.GENERATIVE
-    if not generative:
+    options, stream_set = plan.options, plan.stream_set
+    if not stream_set.blended:
         log.info("LayerFusion: alpha blending mode: the BLENDED stream is not sampled; its latent repeats BG")
-    stream_set = StreamSet(foregrounds=1, blended=generative)
-    per_image = len(stream_set)
+    per_image, foregrounds = len(stream_set), stream_set.foregrounds
 
-    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    latent_image = comfy.sample.fix_empty_latent_channels(model, plan.latent["samples"])
     num_images = latent_image.shape[0]
-    streams = {StreamRole.FG: fg, StreamRole.BG: bg, StreamRole.BLENDED: blended}
-    positive = stack_conditionings(streams, stream_set, num_images)
-    check_negative(negative)
-    eos = eos_per_image(fg, num_images)
+    positive = stack_conditionings(plan.prompts, stream_set, num_images)
+    check_negative(plan.negative)
+    eos = eos_per_stream(plan.prompts, stream_set, num_images)
     if eos is None:
         log.warning(
             "LayerFusion: the fg conditioning has no EOS index (not from LayerFusionTextEncode); "
             "the content prior uses the mean over the prompt's tokens"
         )
 
-    noise_mask = latent.get("noise_mask")
+    noise_mask = plan.latent.get("noise_mask")
+    per_image_mask = noise_mask is not None and noise_mask.shape[0] == num_images
+    prior_mask = noise_mask.repeat_interleave(foregrounds, dim=0) if per_image_mask else noise_mask
     clone, patch = patch_model(
-        model, weights, options, unet, stream_set, fg_only_conditioning(fg, num_images), eos,
-        prior_latent=latent_image, prior_mask=noise_mask,
+        model, weights, options, unet, stream_set, fg_only_conditioning(plan.prompts, stream_set, num_images), eos,
+        prior_latent=latent_image.repeat_interleave(foregrounds, dim=0), prior_mask=prior_mask,
     )  # fmt: skip
 
-    if options.noise.share_initial_noise:
-        noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    if plan.noise.share_initial_noise:
+        noise = comfy.sample.prepare_noise(latent_image, settings.seed, plan.latent.get("batch_index"))
         noise = noise.repeat_interleave(per_image, dim=0)
     else:
-        noise = comfy.sample.prepare_noise(latent_image.repeat_interleave(per_image, dim=0), seed)
+        noise = comfy.sample.prepare_noise(latent_image.repeat_interleave(per_image, dim=0), settings.seed)
     stacked_latent = latent_image.repeat_interleave(per_image, dim=0)
-    if noise_mask is not None and noise_mask.shape[0] == num_images:
+    if per_image_mask:
         noise_mask = noise_mask.repeat_interleave(per_image, dim=0)
 
     ksampler = comfy.samplers.KSampler(
         clone,
-        steps=steps,
+        steps=settings.steps,
         device=clone.load_device,
-        sampler=sampler_name,
-        scheduler=scheduler,
-        denoise=denoise,
+        sampler=settings.sampler_name,
+        scheduler=settings.scheduler,
+        denoise=settings.denoise,
     )
     sigmas = ksampler.sigmas
     start, end = patch.window
     patch.controller.plan_evaluations(sum(1 for s in sigmas[:-1].tolist() if end <= s <= start))
-    sampler = comfy.samplers.sampler_object(sampler_name)
+    sampler = comfy.samplers.sampler_object(settings.sampler_name)
     if (
-        options.noise.share_step_noise
+        plan.noise.share_step_noise
         and "noise_sampler" in inspect.signature(sampler.sampler_function).parameters
     ):
         shared = SharedStreamNoise(
-            sampler_name, latent_image.shape, per_image, sigmas, seed, clone.load_device, torch.float32
-        )
+            settings.sampler_name, latent_image.shape, per_image, sigmas, settings.seed, clone.load_device,
+            torch.float32,
+        )  # fmt: skip
         sampler.extra_options = {**sampler.extra_options, "noise_sampler": shared}
 
     callback = _progress_callback(clone, sigmas.shape[-1] - 1)
     samples = comfy.sample.sample_custom(
-        clone, noise, cfg, sampler, sigmas, positive, negative, stacked_latent,
-        noise_mask=noise_mask, callback=callback, disable_pbar=True, seed=seed,
+        clone, noise, settings.cfg, sampler, sigmas, positive, plan.negative, stacked_latent,
+        noise_mask=noise_mask, callback=callback, disable_pbar=True, seed=settings.seed,
     )  # fmt: skip
 
     rows = samples.reshape(num_images, per_image, *samples.shape[1:])
-    latents = {stream.role: rows[:, i] for i, stream in enumerate(stream_set.streams)}
-    if not generative:
+    latents = {stream: rows[:, i] for i, stream in enumerate(stream_set.streams)}
+    masks = _masks_at_image_size(
+        patch.controller.final_masks(), stream_set, num_images, latent_image.shape[-2:]
+    )
+    return LayersResult(latents, masks)
+
+
+def sample_triplet(
+    model, weights: ForegroundWeights | None, plan: RunPlan, settings: SamplerSettings
+) -> TripletResult:
+    """``sample_layers`` for a one-FG plan, by role; in alpha mode BLENDED repeats BG."""
+    if plan.stream_set.foregrounds != 1:
+        raise ValueError(
+            f"sample_triplet: expected a plan with one FG stream, got {plan.stream_set.foregrounds}"
+        )
+    result = sample_layers(model, weights, plan, settings)
+    latents = {stream.role: latent for stream, latent in result.latents.items()}
+    if not plan.stream_set.blended:
         latents[StreamRole.BLENDED] = latents[StreamRole.BG].clone()
-    soft, hard = _masks_at_image_size(patch.controller.final_masks(), num_images, latent_image.shape[-2:])
+    soft, hard = result.masks[plan.stream_set.fg_streams[0]]
     return TripletResult(latents, soft, hard)
 
 
-def _masks_at_image_size(final, num_images: int, latent_hw) -> tuple[torch.Tensor, torch.Tensor]:
+def _masks_at_image_size(
+    final, stream_set: StreamSet, num_images: int, latent_hw
+) -> dict[Stream, tuple[torch.Tensor, torch.Tensor]]:
+    """The final (soft, hard) masks of every FG stream at image size ([N, H, W]); zeros
+    where nothing was recorded."""
     size = (latent_hw[0] * 8, latent_hw[1] * 8)
     if final is None:
         zeros = torch.zeros(num_images, *size)
-        return zeros, zeros.clone()
-    soft, hard, grid = final
-    out = []
-    for mask in (soft, hard):
-        grid_mask = mask.float().reshape(mask.shape[0], 1, *grid)
-        out.append(
-            F.interpolate(grid_mask, size=size, mode="bilinear", align_corners=False)[:, 0].clamp(0, 1).cpu()
-        )
-    return out[0], out[1]
+        return {s: (zeros, zeros.clone()) for s in stream_set.fg_streams}
+    masks, grid = final
+    out = {}
+    for stream, pair in masks.items():
+        resized = []
+        for mask in pair:
+            grid_mask = mask.float().reshape(mask.shape[0], 1, *grid)
+            resized.append(
+                F.interpolate(grid_mask, size=size, mode="bilinear", align_corners=False)[:, 0]
+                .clamp(0, 1)
+                .cpu()
+            )
+        out[stream] = (resized[0], resized[1])
+    return out

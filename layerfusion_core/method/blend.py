@@ -1,4 +1,5 @@
-"""Attention-output blending (Eq. 1, Eq. 2) and BLENDED/BG attention sharing (METHOD.md)."""
+"""Attention-output blending (Eq. 1, Eq. 2; for K layers LAYERS.md 1) and BLENDED/BG attention
+sharing (METHOD.md)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,49 @@ def blend_attention(
     a_blend_new = torch.lerp(a_blend, a_fg, soft)
     a_fg_new = torch.lerp(a_fg, a_blend_new, hard)
     return a_fg_new, a_blend_new
+
+
+def visibilities(masks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per layer, back to front, the part of its mask [B, T] no layer above it covers:
+    v_k = m_k * prod_{f > k} (1 - m_f) (LAYERS.md 1). Their sum never exceeds 1."""
+    out = []
+    cover = torch.ones_like(masks[-1])
+    for mask in reversed(masks):
+        out.append(mask * cover)
+        cover = cover * (1.0 - mask)
+    return out[::-1]
+
+
+def blend_layers(
+    a_fgs: list[torch.Tensor], a_blend: torch.Tensor, softs: list[torch.Tensor], hards: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Eq. 1 and Eq. 2 for K FG layers (back to front) and BLENDED (LAYERS.md 1):
+
+    A_blend' = sum_k v_k A_fg_k + (1 - sum_k v_k) A_blend   (v_k: soft visibilities)
+    A_fg_k'  = h_k A_blend' + (1 - h_k) A_fg_k              (h_k: hard visibilities)
+
+    so an occluder's content never reaches the layer it covers. K = 1 is ``blend_attention``
+    exactly. Returns (A_fg_k' per layer, A_blend')."""
+    if len(a_fgs) == 1:
+        a_fg, a_blend_new = blend_attention(a_fgs[0], a_blend, softs[0], hards[0])
+        return [a_fg], a_blend_new
+    dtype = a_blend.dtype
+    soft_vis = [v.to(dtype).unsqueeze(-1) for v in visibilities(softs)]
+    hard_vis = [h.to(dtype).unsqueeze(-1) for h in visibilities(hards)]
+    a_blend_new = (1.0 - sum(soft_vis)) * a_blend
+    for v, a_fg in zip(soft_vis, a_fgs, strict=True):
+        a_blend_new = a_blend_new + v * a_fg
+    return [torch.lerp(a_fg, a_blend_new, h) for a_fg, h in zip(a_fgs, hard_vis, strict=True)], a_blend_new
+
+
+def union_mask(masks: list[torch.Tensor]) -> torch.Tensor:
+    """1 - prod_k (1 - m_k): where any layer's object is (K = 1: the mask itself)."""
+    if len(masks) == 1:
+        return masks[0]
+    free = torch.ones_like(masks[0])
+    for mask in masks:
+        free = free * (1.0 - mask)
+    return 1.0 - free
 
 
 def sdpa_attention(

@@ -59,6 +59,10 @@ class StreamSet:
     def fg_streams(self) -> tuple[Stream, ...]:
         return self.streams[: self.foregrounds]
 
+    def name(self, stream: Stream) -> str:
+        """How inputs and messages call ``stream``: "fg" while there is one FG, else "fg0", ..."""
+        return stream.role.value if self.foregrounds == 1 else str(stream)
+
     def __len__(self) -> int:
         return len(self.streams)
 
@@ -155,6 +159,16 @@ class CallLayout:
         if cached is None:
             cached = torch.tensor(self.indices(stream, chunk), dtype=torch.long, device=device)
             self._device_indices[key] = cached
+        return cached
+
+    def role_tensor(self, role: StreamRole, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Row indices of every stream of ``role`` (all FG rows, say) as a LongTensor on
+        ``device``, in row order (cached per device)."""
+        key = ("role", role, str(device))
+        cached = self._device_indices.get(key)
+        if cached is None:
+            rows = [i for i, is_role in enumerate(self.role_mask(role)) if is_role]
+            cached = self._device_indices[key] = torch.tensor(rows, dtype=torch.long, device=device)
         return cached
 
     def image_tensor(self, stream: Stream, device: torch.device | str = "cpu") -> torch.Tensor:

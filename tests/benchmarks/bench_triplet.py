@@ -368,15 +368,15 @@ class Setup:
         return [self.ksample(self.model, positive, self.empty_latent(3))]
 
     def triplet(self, options: LayerFusionOptions, application: WeightApplication) -> list[torch.Tensor]:
-        from layerfusion_core.comfy_runtime import sample_triplet
+        from layerfusion_core.comfy_runtime import RunPlan, SamplerSettings, sample_triplet
 
         mode = self.mode
         fg = [[self.fg[0][0], {**self.fg[0][1], EOS_KEY: 6}]]
-        result = sample_triplet(
-            self.model, self.weights.with_settings(1.0, application), options, fg, self.bg, self.blended,
-            self.negative, {"samples": self.empty_latent(1)}, mode.seed, mode.steps, mode.cfg,
-            mode.sampler, mode.scheduler,
-        )  # fmt: skip
+        plan = RunPlan.triplet(
+            fg, self.bg, self.blended, self.negative, {"samples": self.empty_latent(1)}, options
+        )
+        settings = SamplerSettings(mode.seed, mode.steps, mode.cfg, mode.sampler, mode.scheduler)
+        result = sample_triplet(self.model, self.weights.with_settings(1.0, application), plan, settings)
         return [result.latents[role] for role in StreamRole]
 
     def sequential(self) -> list[torch.Tensor]:

@@ -1,4 +1,5 @@
-"""controller.py without ComfyUI: what the hooks record, when they blend and share."""
+"""The run controller without ComfyUI (method/controller.py and its recorder, mask source and
+attention policy): what the hooks record, when they blend and share."""
 
 import torch
 
@@ -44,13 +45,13 @@ def prior_pass(ctrl, images=1):
 
 def test_prior_pass_records_maps_and_main_call_blends_only_fg_and_blended():
     ctrl = LayerFusionController(
-        LayerFusionOptions(blend=BlendOptions(sharing="off")), UNET, StreamSet(), torch.tensor([3])
+        LayerFusionOptions(blend=BlendOptions(sharing="off")), UNET, StreamSet(), {FG: torch.tensor([3])}
     )
     ctrl.begin_evaluation(active=True)
     assert ctrl.uses_prior_pass
     prior_pass(ctrl)
-    assert ctrl.state.recording.sparsity.shape == (1, 16)
-    assert set(ctrl.state.recording.content) == ctrl.content_blocks
+    assert ctrl.recorder.recording.sparsity[FG].shape == (1, 16)
+    assert ctrl.recorder.recording.content_blocks() == ctrl.content_blocks
     layout = CallLayout.for_call(StreamSet(), [1, 0], 6)
     out = torch.randn(6, 16, 8)
     blended = ctrl.blend_output(out.clone(), call(Phase.MAIN, LAST, layout), "attn1")
@@ -103,7 +104,7 @@ def test_previous_timing_uses_the_last_evaluations_maps_and_one_prior_pass():
     q, k, v = qkv(3, seed=5)
     ctrl.self_attention(q, k, v, call(Phase.MAIN, LAST, layout))  # records from the FG row
     ctrl.begin_evaluation(active=True)
-    assert not ctrl.uses_prior_pass and ctrl.state.previous.sparsity is not None
+    assert not ctrl.uses_prior_pass and ctrl.recorder.previous.has_structure
 
 
 def test_alpha_mode_records_in_main_and_never_blends():
@@ -116,7 +117,9 @@ def test_alpha_mode_records_in_main_and_never_blends():
     ctrl.self_attention(q, k, v, call(Phase.MAIN, LAST, layout))
     for block in ctrl.content_blocks:
         ctrl.cross_attention(q, k[:, :8], v[:, :8], call(Phase.MAIN, block, layout))
-    soft, hard, grid = ctrl.final_masks()
+    masks, grid = ctrl.final_masks()
+    assert set(masks) == {FG}
+    soft, hard = masks[FG]
     assert soft.shape == hard.shape == (1, 16) and grid == GRID and soft.max() == 1
 
 
@@ -135,24 +138,24 @@ def test_previous_only_never_runs_a_prior_pass_and_blends_from_the_second_evalua
     options = LayerFusionOptions(prior=PriorOptions(timing=PriorTiming.PREVIOUS_ONLY))
     ctrl = LayerFusionController(options, UNET, StreamSet(), None)
     ctrl.begin_evaluation(active=True)
-    assert not ctrl.uses_prior_pass and ctrl.records_in_main
+    assert not ctrl.uses_prior_pass and ctrl.policy.records_in_main
     layout = main_call(ctrl)
-    assert ctrl.masks_for(LAST, GRID) is None  # nothing from before this evaluation
+    assert ctrl.masks.masks_for(LAST, GRID) is None  # nothing from before this evaluation
     out = torch.randn(3, 16, 8)
     assert torch.equal(ctrl.blend_output(out, call(Phase.MAIN, LAST, layout), "attn1"), out)
     ctrl.begin_evaluation(active=True)
-    assert not ctrl.uses_prior_pass and ctrl.state.previous.sparsity is not None
+    assert not ctrl.uses_prior_pass and ctrl.recorder.previous.has_structure
     assert not torch.equal(ctrl.blend_output(out, call(Phase.MAIN, LAST, layout), "attn1"), out)
 
 
 def test_outside_the_window_no_prior_pass_runs_and_the_main_call_records():
     ctrl = LayerFusionController(LayerFusionOptions(), UNET, StreamSet(), None)
     ctrl.begin_evaluation(active=False)
-    assert not ctrl.uses_prior_pass and ctrl.records_in_main
+    assert not ctrl.uses_prior_pass and ctrl.policy.records_in_main
     main_call(ctrl)
     assert (
-        ctrl.state.recording.sparsity is not None and set(ctrl.state.recording.content) == ctrl.content_blocks
+        ctrl.recorder.recording.has_structure and ctrl.recorder.recording.content_blocks() == ctrl.content_blocks
     )
     assert ctrl.final_masks() is not None
     ctrl.begin_evaluation(active=True)
-    assert ctrl.uses_prior_pass and not ctrl.records_in_main
+    assert ctrl.uses_prior_pass and not ctrl.policy.records_in_main

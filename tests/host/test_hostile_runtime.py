@@ -9,7 +9,7 @@ from support import comfy_host as ch
 from support.fg_tiny import tiny_fg_weights
 from support.tiny_variants import build_tiny_sdxl_inpaint
 
-from layerfusion_core.comfy_runtime import sample_triplet
+from layerfusion_core.comfy_runtime import RunPlan, SamplerSettings, sample_triplet
 from layerfusion_core.method.streams import StreamRole
 from layerfusion_core.options import (
     BlendOptions,
@@ -41,7 +41,10 @@ def run(model, options=DEFAULT, latent=None, negative=None, weights="tiny", step
         weights = tiny_fg_weights(model)
     latent = latent if latent is not None else ch.make_latent(1)
     return sample_triplet(
-        model, weights, options, fg, bg, bl, neg, latent, 7, steps, 5.0, "euler", "normal", **kw
+        model,
+        weights,
+        RunPlan.triplet(fg, bg, bl, neg, latent, options),
+        SamplerSettings(7, steps, 5.0, "euler", "normal", **kw),
     )
 
 

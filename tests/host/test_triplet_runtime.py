@@ -8,7 +8,7 @@ from support import comfy_host as ch
 from support.fg_tiny import tiny_fg_weights
 from support.triplet_runs import BG, BL, DEFAULT, FG, NO_BLEND, assert_same, conds, plain, run
 
-from layerfusion_core.comfy_runtime import sample_triplet
+from layerfusion_core.comfy_runtime import RunPlan, SamplerSettings, sample_triplet
 from layerfusion_core.options import (
     BlendMode,
     BlendOptions,
@@ -115,7 +115,12 @@ def test_two_triplets_in_one_batch_do_not_interact(tiny_sdxl):
         latent = ch.make_latent(2)
         latent["batch_index"] = [0, other]
         results.append(
-            sample_triplet(tiny_sdxl, weights, DEFAULT, fg, bg, bl, neg, latent, 7, 3, 5.0, "euler", "normal")
+            sample_triplet(
+                tiny_sdxl,
+                weights,
+                RunPlan.triplet(fg, bg, bl, neg, latent, DEFAULT),
+                SamplerSettings(7, 3, 5.0, "euler", "normal"),
+            )
         )
     first, second = results
     for role in (FG, BG, BL):
@@ -205,23 +210,17 @@ def test_errors_name_the_input(tiny_sdxl):
     bg = [[bg[0][0], {**bg[0][1], "area": (8, 8, 0, 0)}]]
     with pytest.raises(ValueError, match="bg conditioning: cannot stack conditioning key\\(s\\) area"):
         sample_triplet(
-            tiny_sdxl, None, DEFAULT, fg, bg, bl, neg, ch.make_latent(1), 0, 2, 5.0, "euler", "normal"
+            tiny_sdxl,
+            None,
+            RunPlan.triplet(fg, bg, bl, neg, ch.make_latent(1), DEFAULT),
+            SamplerSettings(0, 2, 5.0, "euler", "normal"),
         )
     with pytest.raises(ValueError, match="blended conditioning: expected one conditioning entry, got 2"):
         sample_triplet(
             tiny_sdxl,
             None,
-            DEFAULT,
-            fg,
-            conds()[1],
-            bl + bl,
-            neg,
-            ch.make_latent(1),
-            0,
-            2,
-            5.0,
-            "euler",
-            "normal",
+            RunPlan.triplet(fg, conds()[1], bl + bl, neg, ch.make_latent(1), DEFAULT),
+            SamplerSettings(0, 2, 5.0, "euler", "normal"),
         )
     from layerfusion_core.architectures.sdxl import SDXL
     from layerfusion_core.models.fg_weights import ForegroundWeightsError, parse_foreground_weights
@@ -237,7 +236,10 @@ def test_errors_name_the_input(tiny_sdxl):
 
     with pytest.raises(ValueError, match=r"model: LayerFusion needs an SDXL model.*got Linear"):
         sample_triplet(
-            NotSDXL(), None, DEFAULT, fg, conds()[1], bl, neg, ch.make_latent(1), 0, 2, 5.0, "euler", "normal"
+            NotSDXL(),
+            None,
+            RunPlan.triplet(fg, conds()[1], bl, neg, ch.make_latent(1), DEFAULT),
+            SamplerSettings(0, 2, 5.0, "euler", "normal"),
         )
 
 

@@ -2,7 +2,7 @@
 conditionings, one call of ``sample_triplet``, a plain KSampler reference, and the float
 tolerance used to compare them."""
 
-from layerfusion_core.comfy_runtime import sample_triplet
+from layerfusion_core.comfy_runtime import RunPlan, SamplerSettings, sample_triplet
 from layerfusion_core.method.streams import StreamRole
 from layerfusion_core.options import BlendOptions, LayerFusionOptions, LayerSet, SharingMode
 from support import comfy_host as ch
@@ -37,18 +37,8 @@ def run(model, options=DEFAULT, weights="tiny", images=1, sampler="euler", cfg=5
     return sample_triplet(
         model,
         weights,
-        options,
-        fg,
-        bg,
-        bl,
-        neg,
-        ch.make_latent(images),
-        seed,
-        steps,
-        cfg,
-        sampler,
-        "normal",
-        **kw,
+        RunPlan.triplet(fg, bg, bl, neg, ch.make_latent(images), options),
+        SamplerSettings(seed, steps, cfg, sampler, "normal", **kw),
     )
 
 

@@ -1,0 +1,80 @@
+"""What one LayerFusion run samples (``RunPlan``) and how (``SamplerSettings``).
+
+A plan names the streams every image carries (K FG layers, BG, BLENDED), one positive
+CONDITIONING per stream, the negative all streams share, the latent batch (N images) and the
+options, which hold the blending window and the noise sharing. The triplet is the plan with
+one FG; K layers, re-harmonise and decomposition are plans with more streams or pinned rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..method.streams import Stream, StreamRole, StreamSet
+from ..options import BlendMode, LayerFusionOptions, NoiseOptions, require_finite
+
+Conditioning = list[list[Any]]
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """KSampler's own settings for the run."""
+
+    seed: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    denoise: float = 1.0
+
+    def __post_init__(self) -> None:
+        require_finite("cfg", self.cfg)
+        require_finite("denoise", self.denoise)
+        if not 0.0 <= self.denoise <= 1.0:
+            raise ValueError(f"denoise: expected 0 <= denoise <= 1, got {self.denoise}")
+        if self.steps < 1:
+            raise ValueError(f"steps: expected at least 1, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    stream_set: StreamSet
+    prompts: Mapping[Stream, Conditioning]
+    negative: Conditioning
+    latent: dict
+    options: LayerFusionOptions
+
+    def __post_init__(self) -> None:
+        missing = [self.stream_set.name(s) for s in self.stream_set.streams if self.prompts.get(s) is None]
+        if missing:
+            raise ValueError(f"missing conditioning for {', '.join(missing)}")
+        if not isinstance(self.latent, dict) or "samples" not in self.latent:
+            raise TypeError(
+                f"latent_image: expected a LATENT (a dict with 'samples'), got {type(self.latent).__name__}"
+            )
+
+    @classmethod
+    def triplet(
+        cls,
+        fg: Conditioning,
+        bg: Conditioning,
+        blended: Conditioning,
+        negative: Conditioning,
+        latent: dict,
+        options: LayerFusionOptions,
+    ) -> RunPlan:
+        """One FG, BG and BLENDED per image; in alpha mode BLENDED is not sampled."""
+        stream_set = StreamSet(foregrounds=1, blended=options.blend.mode == BlendMode.GENERATIVE)
+        by_role = {StreamRole.FG: fg, StreamRole.BG: bg, StreamRole.BLENDED: blended}
+        return cls(stream_set, {s: by_role[s.role] for s in stream_set.streams}, negative, latent, options)
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """(start, end) percent of blending and sharing."""
+        return (self.options.blend.start_percent, self.options.blend.end_percent)
+
+    @property
+    def noise(self) -> NoiseOptions:
+        return self.options.noise

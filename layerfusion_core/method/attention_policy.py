@@ -1,0 +1,196 @@
+"""What each attention hook does in a run (METHOD.md; LAYERS.md 1 for K FG layers), in pure
+torch. The host adapter turns ComfyUI's hook arguments into an ``AttentionCall``; the policy
+records priors into the recorder, reads masks from the mask source, blends attention outputs
+between the FG streams and BLENDED, and shares self-attention between BLENDED and BG."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from ..options import BlockKey, LayerFusionOptions, PriorTiming, SharingMode
+from .blend import AttentionFn, blend_layers, shared_attention, union_mask
+from .mask_source import PriorMasks
+from .priors import content_prior, minmax, sparsity_score
+from .recorder import PriorRecorder
+from .streams import CallLayout, Chunk, Stream, StreamRole, StreamSet, merge, split
+
+
+class Phase(str, Enum):
+    PRIOR = "prior"  # the FG-only conditional prior pass
+    MAIN = "main"  # the sampler's own model call
+
+
+@dataclass
+class AttentionCall:
+    """One attention layer invocation, as the host sees it."""
+
+    phase: Phase
+    block: BlockKey
+    layout: CallLayout
+    heads: int
+    grid: tuple[int, int]  # (h, w) of the layer's token grid
+    call_through: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    attention: AttentionFn  # plain attention(q, k, v, heads, mask=None) for our own calls
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a run records, blends and shares (fixed for the run)."""
+
+    structure_block: BlockKey
+    blend_blocks: frozenset[BlockKey]
+    content_blocks: frozenset[BlockKey]
+    generative: bool
+    sharing: SharingMode
+
+
+class AttentionPolicy:
+    def __init__(
+        self,
+        options: LayerFusionOptions,
+        stream_set: StreamSet,
+        scope: Scope,
+        recorder: PriorRecorder,
+        masks: PriorMasks,
+        eos_index: Mapping[Stream, torch.Tensor] | None,
+    ) -> None:
+        self.options = options
+        self.stream_set = stream_set
+        self.fg_streams = stream_set.fg_streams
+        self.blended = Stream(StreamRole.BLENDED)
+        self.bg = Stream(StreamRole.BG)
+        self.scope = scope
+        self.recorder = recorder
+        self.masks = masks
+        self.eos_index = eos_index  # [N] global EOS index of each image's prompt, per FG stream
+
+    # -- what runs where ----------------------------------------------------------------
+    @property
+    def records_in_main(self) -> bool:
+        """Maps come from the main call's FG rows: previous timing, alpha mode, or outside
+        the blending window (there nothing blends, so the FG rows are the FG streams alone)."""
+        timing: PriorTiming = self.options.prior.timing
+        return not self.scope.generative or timing.reuses_previous or not self.recorder.active
+
+    def wants_self_attention(self, block: BlockKey) -> bool:
+        scope = self.scope
+        return block == scope.structure_block or (
+            scope.sharing != SharingMode.OFF and block in scope.blend_blocks
+        )
+
+    def wants_cross_attention(self, block: BlockKey) -> bool:
+        return block in self.scope.content_blocks
+
+    def _blends(self, call: AttentionCall, attention: str) -> bool:
+        layers = self.options.blend.layers
+        wanted = layers.self_attention if attention == "attn1" else layers.cross_attention
+        scope = self.scope
+        return scope.generative and wanted and self.recorder.active and call.block in scope.blend_blocks
+
+    def _shares(self, call: AttentionCall) -> bool:
+        scope = self.scope
+        return scope.sharing != SharingMode.OFF and self.recorder.active and call.block in scope.blend_blocks
+
+    # -- recording ----------------------------------------------------------------------
+    def _recording_rows(
+        self, call: AttentionCall, stream: Stream, device: torch.device
+    ) -> torch.Tensor | None:
+        """Rows of ``stream`` whose attention feeds its priors in this call, one per image in
+        image order: its positive rows (of a prior pass; of a main call only when maps are
+        recorded there), or None."""
+        if call.phase != Phase.PRIOR and not (self.records_in_main and Chunk.POSITIVE in call.layout.chunks):
+            return None
+        return call.layout.index_tensor(stream, device, Chunk.POSITIVE)
+
+    def _record_sparsity(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor) -> None:
+        prior = self.options.prior
+        for stream in self.fg_streams:
+            rows = self._recording_rows(call, stream, q.device)
+            if rows is None:
+                return
+            score = sparsity_score(
+                q.index_select(0, rows), k.index_select(0, rows), call.heads, prior.chunk_size, prior.formula
+            )
+            self.recorder.record_sparsity(stream, minmax(score), call.grid)
+        self.masks.observe_vote()
+
+    def _record_content(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor) -> None:
+        for stream in self.fg_streams:
+            rows = self._recording_rows(call, stream, q.device)
+            if rows is None:
+                return
+            eos = None if self.eos_index is None else self.eos_index.get(stream)
+            eos = None if eos is None else eos.to(q.device)
+            c = content_prior(q.index_select(0, rows), k.index_select(0, rows), call.heads, eos)
+            self.recorder.record_content(stream, call.block, c, call.grid)
+        if call.block == self.scope.structure_block:
+            self.masks.observe_vote()
+
+    # -- hooks --------------------------------------------------------------------------
+    def self_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall
+    ) -> torch.Tensor:
+        """attn1 replace: record the structure prior where needed, share where enabled."""
+        if call.block == self.scope.structure_block:
+            self._record_sparsity(call, q, k)
+        if call.phase != Phase.MAIN or not self._shares(call):
+            return call.call_through(q, k, v)
+        masks = self.masks.masks_for(call.block, call.grid)
+        if self.scope.sharing == SharingMode.MASKED and masks is None:
+            return call.call_through(q, k, v)
+        hard = None if masks is None else union_mask([masks[s][1] for s in self.fg_streams])
+        return self._shared_self_attention(q, k, v, call, hard)
+
+    def cross_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall
+    ) -> torch.Tensor:
+        """attn2 replace: record the content prior; each stream keeps its own prompt."""
+        if call.block in self.scope.content_blocks:
+            self._record_content(call, q, k)
+        return call.call_through(q, k, v)
+
+    def blend_output(self, out: torch.Tensor, call: AttentionCall, attention: str) -> torch.Tensor:
+        """attn1/attn2 output patch (after to_out): Eq. 1 and Eq. 2 between the FG streams and
+        BLENDED."""
+        if call.phase != Phase.MAIN or not self._blends(call, attention):
+            return out
+        masks = self.masks.masks_for(call.block, call.grid)
+        if masks is None:
+            return out
+        layout, fgs = call.layout, self.fg_streams
+        parts = split(out, layout)
+        softs = [self._per_row(masks[s][0], layout, s) for s in fgs]
+        hards = [self._per_row(masks[s][1], layout, s) for s in fgs]
+        new_fgs, parts[self.blended] = blend_layers(
+            [parts[s] for s in fgs], parts[self.blended], softs, hards
+        )
+        parts.update(zip(fgs, new_fgs, strict=True))
+        return merge(parts, layout)
+
+    @staticmethod
+    def _per_row(mask: torch.Tensor, layout: CallLayout, stream: Stream) -> torch.Tensor:
+        """Per-image mask [N, T] -> one row per (chunk, image) of ``stream``: the cond
+        masks serve the uncond rows too."""
+        return mask.index_select(0, layout.image_tensor(stream, mask.device))
+
+    def _shared_self_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        call: AttentionCall,
+        hard: torch.Tensor | None,
+    ) -> torch.Tensor:
+        layout, blended, bg = call.layout, self.blended, self.bg
+        qs, ks, vs = split(q, layout), split(k, layout), split(v, layout)
+        out = {s: call.call_through(qs[s], ks[s], vs[s]) for s in qs if s.role == StreamRole.FG}
+        hard_rows = None if hard is None else self._per_row(hard, layout, bg)
+        out[blended], out[bg] = shared_attention(
+            qs[blended], ks[blended], vs[blended], qs[bg], ks[bg], vs[bg], call.heads, self.scope.sharing,
+            hard_rows, self.options.blend.sharing_epsilon, call.attention,
+        )  # fmt: skip
+        return merge(out, layout)

@@ -1,0 +1,127 @@
+"""Where an evaluation's soft and hard masks come from.
+
+``PriorMasks`` builds them from the recorded priors (METHOD.md): per FG stream, soft =
+minmax(s' * c) and hard = sigmoid(k (soft - tau)), with s' oriented by the orientation vote.
+A source of given masks (alphas after a move, boxes, a user MASK) plugs in beside it with
+the same ``masks_for``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..options import BlockKey, ContentTiming, LayerFusionOptions, PriorOrientation, PriorTiming
+from .priors import OrientationVote, blend_masks, orient, resize_prior
+from .recorder import Maps, PriorRecorder
+from .streams import Stream
+
+log = logging.getLogger(__name__)
+
+StreamMasks = dict[Stream, tuple[torch.Tensor, torch.Tensor]]
+"""(soft, hard) [N, T] per FG stream, 1 = the layer's object."""
+
+
+class PriorMasks:
+    """Masks from the priors ``recorder`` holds, cached per evaluation and block."""
+
+    def __init__(
+        self,
+        options: LayerFusionOptions,
+        recorder: PriorRecorder,
+        structure_block: BlockKey,
+        fg_streams: tuple[Stream, ...],
+    ) -> None:
+        self.options = options
+        self.recorder = recorder
+        self.structure_block = structure_block
+        self.fg_streams = fg_streams
+        self.vote_evaluations = options.prior.auto_vote_evaluations
+        self.reset()
+
+    def reset(self) -> None:
+        """Start of a sampling run: a new orientation vote, no masks."""
+        self.vote = OrientationVote(self.options.prior.orientation, self.vote_evaluations)
+        self._cache: dict[BlockKey, StreamMasks] = {}
+
+    def begin_evaluation(self) -> None:
+        self._cache = {}
+
+    def observe_vote(self) -> None:
+        """Let the orientation vote see this evaluation's maps of the back-most FG stream,
+        once both its structure and its content prior at the structure block are there."""
+        maps, stream = self.recorder.recording, self.fg_streams[0]
+        sparsity = maps.sparsity.get(stream)
+        content = maps.content.get((stream, self.structure_block))
+        if (
+            self.vote.decided is None
+            and self.recorder.active
+            and sparsity is not None
+            and content is not None
+        ):
+            grid = maps.content_grid[self.structure_block]
+            self.vote.observe(sparsity, resize_prior(content, grid, maps.sparsity_grid))
+
+    def _maps_in_use(self) -> tuple[Maps | None, Maps | None]:
+        """(structure source, content source) for this evaluation's masks."""
+        recorder, prior = self.recorder, self.options.prior
+        if prior.timing.reuses_previous:
+            if recorder.previous is not None:
+                return recorder.previous, recorder.previous
+            if prior.timing == PriorTiming.PREVIOUS_ONLY:
+                return None, None  # nothing recorded before this evaluation: no blending yet
+        content = recorder.recording
+        if prior.content_timing == ContentTiming.PREVIOUS and recorder.previous is not None:
+            content = recorder.previous
+        return recorder.recording, content
+
+    def masks_for(self, block: BlockKey, grid: tuple[int, int]) -> StreamMasks | None:
+        """(soft, hard) per FG stream for ``block`` at this evaluation, or None when not
+        available (no maps yet, or the orientation is not decided)."""
+        cached = self._cache.get(block)
+        if cached is None and self.vote.decided is not None:
+            structure_maps, content_maps = self._maps_in_use()
+            cached = self._masks(structure_maps, content_maps, block, grid, self.vote.decided)
+            if cached is not None:
+                self._cache[block] = cached
+        return cached
+
+    def _masks(
+        self,
+        structure_maps: Maps | None,
+        content_maps: Maps | None,
+        block: BlockKey,
+        grid: tuple[int, int],
+        orientation: PriorOrientation,
+    ) -> StreamMasks | None:
+        if structure_maps is None or content_maps is None:
+            return None
+        blend = self.options.blend
+        masks = {}
+        for stream in self.fg_streams:
+            sparsity = structure_maps.sparsity.get(stream)
+            content = content_maps.content.get((stream, block))
+            if sparsity is None or content is None:
+                return None
+            structure = orient(resize_prior(sparsity, structure_maps.sparsity_grid, grid), orientation)
+            content = resize_prior(content, content_maps.content_grid[block], grid)
+            masks[stream] = blend_masks(structure, content, blend.coefficient, blend.threshold)
+        return masks
+
+    def final_masks(self) -> tuple[StreamMasks, tuple[int, int]] | None:
+        """(masks, grid) at the structure block from the latest recorded maps (the last
+        evaluation's), or None when nothing was recorded."""
+        maps = self.recorder.latest
+        if maps is None:
+            return None
+        orientation = self.vote.decided
+        if orientation is None:  # AUTO that never decided (e.g. an empty blending window)
+            log.warning(
+                "LayerFusion: orientation 'auto' was never decided in this run (fewer voting evaluations "
+                "than auto_vote_evaluations=%d): nothing was blended; the returned masks use 'dense'",
+                self.vote_evaluations,
+            )
+            orientation = PriorOrientation.DENSE
+        masks = self._masks(maps, maps, self.structure_block, maps.sparsity_grid, orientation)
+        return None if masks is None else (masks, maps.sparsity_grid)
