@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 from safetensors.torch import save_file
-from support.comfy_host import REPO_ROOT, ComfyHost
+from support.comfy_import import REPO_ROOT, ComfyHost
 from support.comfy_server import ComfyServer, comfy_server
 from support.tiny_stand_ins import SUBSTITUTES, random_decoder_state_dict
 

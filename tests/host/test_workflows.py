@@ -26,8 +26,9 @@ from layerfusion_headless import overrides, widgets
 from layerfusion_headless import ui_to_api as api_format
 from PIL import Image
 from safetensors.torch import save_file
-from support.comfy_host import REPO_ROOT, ComfyHost, prompt_executor
+from support.comfy_import import REPO_ROOT, ComfyHost
 from support.object_info import object_info
+from support.pack_loading import prompt_executor
 from support.tiny_stand_ins import random_decoder_state_dict, registered, substitute
 
 from layerfusion_core.model_files import DEFAULT_DECODER_FILE
