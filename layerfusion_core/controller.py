@@ -16,7 +16,18 @@ from enum import Enum
 
 import torch
 
-from .blend import AttentionFn, blend_attention, shared_attention
+from .architectures.sdxl import UNetLayout
+from .method.blend import AttentionFn, blend_attention, shared_attention
+from .method.priors import (
+    OrientationVote,
+    blend_masks,
+    content_prior,
+    minmax,
+    orient,
+    resize_prior,
+    sparsity_score,
+)
+from .method.streams import CallLayout, Chunk, Stream, StreamRole, StreamSet, merge, split
 from .options import (
     BlendMode,
     BlockKey,
@@ -27,9 +38,6 @@ from .options import (
     SharingMode,
     parse_layer_spec,
 )
-from .priors import OrientationVote, blend_masks, content_prior, minmax, orient, resize_prior, sparsity_score
-from .sdxl import UNetLayout
-from .streams import CallLayout, Chunk, Stream, StreamRole, StreamSet, merge, split
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .architectures.sdxl import SDXL, Projection, UNetLayout
 from .options import WeightApplication, require_finite
-from .sdxl import SDXL, Projection, UNetLayout
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from .model_folders import register_model_folders
+from ..layerfusion_core.comfy_runtime.model_folders import register_model_folders
 
 register_model_folders()  # before any schema builds its file lists
 

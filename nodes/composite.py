@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..layerfusion_core.compositing import alpha_composite
+from ..layerfusion_core.layers.compositing import alpha_composite
 from .schema import layerfusion_schema
 
 MAX_OFFSET = 16384

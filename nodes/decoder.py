@@ -1,120 +1,21 @@
-"""The transparent decoder: load it from models/layer_model/, and turn a FG latent plus its
-ordinary VAE decode into RGBA.
-
-The decoder joins ComfyUI's memory management like a VAE: it sits in a ModelPatcher on
-ComfyUI's VAE devices (``vae_device``/``vae_offload_device``, so --cpu-vae and --gpu-only
-apply) and is loaded with ``load_models_gpu`` and a working-memory estimate before each
-decode, which lets ComfyUI evict or offload other models first.
-"""
+"""The transparent decoder nodes: load it from models/layer_model/, and turn a FG latent plus
+its ordinary VAE decode into RGBA (the loading and the decode under ComfyUI's memory
+management live in the host adapter: comfy_runtime/loaders.py and decoding.py)."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from comfy_api.latest import io
 
-from ..layerfusion_core.model_files import DEFAULT_DECODER_FILE, FileKind, unmark
-from ..layerfusion_core.transparent_vae import (
-    LATENT_SCALE,
-    TTA_TRANSFORMS,
-    TransparentDecoder,
-    estimate_memory_bytes,
-)
-from .downloads import (
-    auto_download_input,
-    check_layer_choice,
-    default_choice,
-    layer_file_choices,
-    read_layer_file,
-)
+from ..layerfusion_core.comfy_runtime.decoding import decode_rgba
+from ..layerfusion_core.comfy_runtime.loaders import LoadedDecoder, load_transparent_decoder
+from ..layerfusion_core.files.known import DEFAULT_DECODER_FILE, FileKind
+from ..layerfusion_core.models.transparent_vae import LATENT_SCALE
+from .file_widgets import auto_download_input, check_layer_choice, default_choice, layer_file_choices
 from .schema import layerfusion_schema
 from .types import DecoderType
-
-log = logging.getLogger(__name__)
-
-# The dtypes ComfyUI may pick for the decoder, best first, through vae_dtype() (which also
-# honours --fp16-vae/--bf16-vae/--fp32-vae). fp16 is allowed, unlike for SDXL's own VAE:
-# every block normalises its input (GroupNorm), and LayerDiffuse itself runs this decoder
-# in fp16. On CPU vae_dtype gives float32.
-WORKING_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-SD15_MARKERS = ("sd15", "sd_15", "sd1.5")
-
-
-@dataclass(frozen=True)
-class LoadedDecoder:
-    """What flows through a LAYERFUSION_DECODER socket."""
-
-    patcher: Any
-    """comfy.model_patcher.ModelPatcher whose ``.model`` is a TransparentDecoder."""
-    name: str
-    """The file it came from."""
-    dtype: torch.dtype
-
-
-def load_transparent_decoder(name: str, auto_download: bool = False) -> LoadedDecoder:
-    """Read ``models/layer_model/<name>`` strictly into a TransparentDecoder in a ModelPatcher.
-
-    FileNotFoundError says where to download a missing file; ValueError names the file and
-    the missing, unexpected or mis-shaped keys.
-    """
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
-    name = unmark(name)
-    if any(marker in name.lower() for marker in SD15_MARKERS):
-        log.warning(
-            "%s looks like LayerDiffuse's SD1.5 transparent decoder; LayerFusion's FG latents come "
-            "from SDXL, for which %s is the matching decoder",
-            name,
-            DEFAULT_DECODER_FILE,
-        )
-    state_dict = read_layer_file("decoder_name", name, auto_download)
-    try:
-        decoder = TransparentDecoder.from_state_dict(state_dict)
-    except ValueError as err:
-        raise ValueError(f"decoder_name: {name} is not a LayerDiffuse transparent decoder: {err}") from err
-
-    load_device = mm.vae_device()
-    dtype = mm.vae_dtype(load_device, list(WORKING_DTYPES))
-    decoder = decoder.to(dtype)
-    patcher = comfy.model_patcher.ModelPatcher(
-        decoder, load_device=load_device, offload_device=mm.vae_offload_device()
-    )
-    log.info("transparent decoder %s: load device %s, dtype %s", name, load_device, dtype)
-    return LoadedDecoder(patcher, name, dtype)
-
-
-def decode_rgba(
-    decoder: LoadedDecoder, latent: dict, image: torch.Tensor, tta: bool, sub_batch: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rgba [B, H, W, 4], rgb [B, H, W, 3], mask [B, H, W] = 1 - alpha), float32 on
-    ComfyUI's intermediate device."""
-    import comfy.model_management as mm
-    import comfy.utils
-
-    samples = check_decode_inputs(decoder, latent, image)
-    batch, height, width = image.shape[:3]
-    mm.load_models_gpu(
-        [decoder.patcher],
-        memory_required=estimate_memory_bytes(height, width, min(sub_batch, batch), decoder.dtype),
-    )
-    passes = -(-batch // sub_batch) * (len(TTA_TRANSFORMS) if tta else 1)
-    bar = comfy.utils.ProgressBar(passes)
-
-    def progress(done: int, total: int) -> None:
-        bar.update_absolute(done, total)
-        mm.throw_exception_if_processing_interrupted()
-
-    mm.throw_exception_if_processing_interrupted()
-    pixel = image.movedim(-1, 1)  # [B, 3, H, W]
-    out = decoder.patcher.model.decode(pixel, samples, tta=tta, sub_batch=sub_batch, progress=progress)
-    out = out.to(mm.intermediate_device(), torch.float32).movedim(1, -1)  # [B, H, W, 4]: A, R, G, B
-    alpha, rgb = out[..., 0], out[..., 1:]
-    rgba = torch.cat((rgb, alpha.unsqueeze(-1)), dim=-1)
-    return rgba, rgb.contiguous(), 1.0 - alpha
 
 
 def check_decode_inputs(decoder: Any, latent: Any, image: Any) -> torch.Tensor:
@@ -246,4 +147,5 @@ class LayerFusionTransparentDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, decoder, latent, image, tta: bool, sub_batch: int) -> io.NodeOutput:
-        return io.NodeOutput(*decode_rgba(decoder, latent, image, tta, sub_batch))
+        samples = check_decode_inputs(decoder, latent, image)
+        return io.NodeOutput(*decode_rgba(decoder, samples, image, tta, sub_batch))

@@ -2,34 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from comfy_api.latest import io
 
-from ..layerfusion_core.conditioning import EOS_KEY, eos_index_from_windows
+from ..layerfusion_core.comfy_runtime.conditioning import encode_triplet
 from .schema import layerfusion_schema
-
-log = logging.getLogger(__name__)
-DEFAULT_END_TOKEN = 49407  # CLIP's <|endoftext|>
-
-
-def _end_token(clip, stream: str) -> int:
-    tokenizer = getattr(getattr(clip, "tokenizer", None), f"clip_{stream}", None)
-    return int(getattr(tokenizer, "end_token", None) or DEFAULT_END_TOKEN)
-
-
-def fg_eos_index(clip, tokens: dict) -> int | None:
-    """EOS index of the FG prompt: from the CLIP-G windows (SDXL's context follows its
-    token positions), else CLIP-L."""
-    for stream in ("g", "l"):
-        if stream in tokens:
-            return eos_index_from_windows(tokens[stream], _end_token(clip, stream))
-    return None
-
-
-def encode(clip, text: str) -> tuple[list, dict]:
-    tokens = clip.tokenize(text)
-    return clip.encode_from_tokens_scheduled(tokens), tokens
 
 
 class LayerFusionTextEncode(io.ComfyNode):
@@ -74,11 +50,4 @@ class LayerFusionTextEncode(io.ComfyNode):
             raise ValueError("clip: expected a CLIP, got None (does the checkpoint contain a text encoder?)")
         if not fg_text.strip():
             raise ValueError("fg_text: expected a foreground prompt, got an empty text")
-        blended_text = blended_text.strip() or f"{fg_text.strip()}, {bg_text.strip()}"
-        fg, fg_tokens = encode(clip, fg_text)
-        eos = fg_eos_index(clip, fg_tokens)
-        if eos is None:
-            log.warning("LayerFusion: no end-of-text token found in the fg prompt's tokens")
-        else:
-            fg = [[t, {**d, EOS_KEY: eos}] for t, d in fg]
-        return io.NodeOutput(fg, encode(clip, bg_text)[0], encode(clip, blended_text)[0])
+        return io.NodeOutput(*encode_triplet(clip, fg_text, bg_text, blended_text))

@@ -4,37 +4,12 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..layerfusion_core.fg_weights import parse_foreground_weights
-from ..layerfusion_core.model_files import (
-    DEFAULT_FG_FILE,
-    FileKind,
-    unmark,
-    unsupported_reason,
-)
+from ..layerfusion_core.comfy_runtime.loaders import load_foreground_weights
+from ..layerfusion_core.files.known import DEFAULT_FG_FILE, FileKind
 from ..layerfusion_core.options import WeightApplication, require_finite
-from ..layerfusion_core.sdxl import SDXL
-from .downloads import (
-    auto_download_input,
-    check_layer_choice,
-    default_choice,
-    layer_file_choices,
-    read_layer_file,
-)
+from .file_widgets import auto_download_input, check_layer_choice, default_choice, layer_file_choices
 from .schema import layerfusion_schema
 from .types import ForegroundWeightsType
-
-
-def load_foreground_weights(name: str, auto_download: bool = False):
-    """Parse and validate a FG weights file against SDXL's table (errors name the file)."""
-    name = unmark(name)
-    reason = unsupported_reason(name)
-    if reason:
-        raise ValueError(f"weights_name: {name} cannot be used as LayerFusion FG weights: {reason}")
-    state_dict = read_layer_file("weights_name", name, auto_download)
-    try:
-        return parse_foreground_weights(state_dict, SDXL, source=name)
-    except ValueError as err:
-        raise ValueError(f"weights_name: {name} is not a LayerDiffuse SDXL attention file: {err}") from err
 
 
 class LayerFusionForegroundLoader(io.ComfyNode):

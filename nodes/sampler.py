@@ -5,8 +5,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..layerfusion_core.comfy_runtime import sample_triplet
+from ..layerfusion_core.method.streams import StreamRole
 from ..layerfusion_core.options import BlendOptions, LayerFusionOptions, NoiseOptions, PriorOptions
-from ..layerfusion_core.streams import StreamRole
 from .schema import layerfusion_schema
 from .types import BlendOptionsType, ForegroundWeightsType, PriorOptionsType
 

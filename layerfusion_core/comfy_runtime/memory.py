@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from ..fg_weights import ForegroundWeights
+from ..method.streams import StreamSet
 from ..options import SharingMode
-from ..streams import StreamSet
 
 PATCHER_KEY = "layerfusion_patcher"
 ADDITIONAL_MODELS_KEY = "layerfusion_fg_weights"

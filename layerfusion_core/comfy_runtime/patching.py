@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
+from ..architectures.sdxl import UNetLayout
 from ..controller import AttentionCall, LayerFusionController, Phase
 from ..fg_rows import RowDelta, RowSelection, make_row_delta_module
 from ..fg_weights import ForegroundWeights
+from ..method.streams import CallLayout, Stream, StreamRole, StreamSet
 from ..options import BlockKey, LayerFusionOptions
-from ..sdxl import UNetLayout
-from ..streams import CallLayout, Stream, StreamRole, StreamSet
 from .memory import attention_row_factor, register_memory
 
 log = logging.getLogger(__name__)

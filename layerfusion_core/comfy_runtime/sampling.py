@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..conditioning import check_negative, eos_per_image, fg_only_conditioning, stack_conditionings
+from ..architectures.sdxl import UNetLayout, layout_from_unet_config
 from ..fg_weights import ForegroundWeights
+from ..method.streams import StreamRole, StreamSet
 from ..options import BlendMode, LayerFusionOptions, require_finite
-from ..sdxl import UNetLayout, layout_from_unet_config
-from ..streams import StreamRole, StreamSet
+from .conditioning import check_negative, eos_per_image, fg_only_conditioning, stack_conditionings
 from .patching import patch_model
 
 log = logging.getLogger(__name__)

@@ -77,16 +77,16 @@ for _path in (REPO_ROOT / "tests", REPO_ROOT):
 
 from support import comfy_import, tiny_sdxl  # noqa: E402
 
-from layerfusion_core.conditioning import EOS_KEY  # noqa: E402
+from layerfusion_core.architectures.sdxl import SDXL, UNetLayout, layout_from_unet_config  # noqa: E402
+from layerfusion_core.comfy_runtime.conditioning import EOS_KEY  # noqa: E402
 from layerfusion_core.fg_weights import ForegroundWeights, parse_foreground_weights  # noqa: E402
+from layerfusion_core.method.streams import StreamRole  # noqa: E402
 from layerfusion_core.options import (  # noqa: E402
     LayerFusionOptions,
     PriorOptions,
     PriorTiming,
     WeightApplication,
 )
-from layerfusion_core.sdxl import SDXL, UNetLayout, layout_from_unet_config  # noqa: E402
-from layerfusion_core.streams import StreamRole  # noqa: E402
 
 log = logging.getLogger("bench_triplet")
 

@@ -19,7 +19,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from layerfusion_core.transparent_vae import TransparentDecoder, estimate_memory_bytes
+from layerfusion_core.models.transparent_vae import TransparentDecoder, estimate_memory_bytes
 
 logger = logging.getLogger("time_transparent_decode")
 

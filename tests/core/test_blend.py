@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from layerfusion_core.blend import blend_attention, sdpa_attention, shared_attention, suppression_bias
+from layerfusion_core.method.blend import blend_attention, sdpa_attention, shared_attention, suppression_bias
 from layerfusion_core.options import SharingMode
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerfusion_core.compositing import alpha_composite, premultiply, resize_premultiplied
+from layerfusion_core.layers.compositing import alpha_composite, premultiply, resize_premultiplied
 
 
 def rgba(batch: int, h: int, w: int, alpha: float, seed: int = 0) -> torch.Tensor:

@@ -2,8 +2,10 @@
 
 import torch
 
-from layerfusion_core.blend import sdpa_attention
+from layerfusion_core.architectures.sdxl import build_layout
 from layerfusion_core.controller import AttentionCall, LayerFusionController, Phase
+from layerfusion_core.method.blend import sdpa_attention
+from layerfusion_core.method.streams import CallLayout, Stream, StreamRole, StreamSet, split
 from layerfusion_core.options import (
     BlendMode,
     BlendOptions,
@@ -12,8 +14,6 @@ from layerfusion_core.options import (
     PriorTiming,
     SharingMode,
 )
-from layerfusion_core.sdxl import build_layout
-from layerfusion_core.streams import CallLayout, Stream, StreamRole, StreamSet, split
 
 UNET = build_layout("tiny", 8, (1, 2), (1, 1), (1, 1), (1, 1, 1, 1), 1, context_dim=8, num_head_channels=4)
 LAST = UNET.last_block.key

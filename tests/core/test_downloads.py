@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from layerfusion_core import model_files
-from layerfusion_core.downloads import (
+from layerfusion_core.files import known as model_files
+from layerfusion_core.files.downloads import (
     DownloadError,
     HashMismatchError,
     IncompleteDownloadError,

@@ -4,10 +4,10 @@ import pytest
 import torch
 from support.manifests import load_manifest
 
+from layerfusion_core.architectures.sdxl import SDXL, build_layout
 from layerfusion_core.fg_rows import RowDelta, RowSelection, make_row_delta_module
 from layerfusion_core.fg_weights import ForegroundWeightsError, LoraFactors, Offset, parse_foreground_weights
 from layerfusion_core.options import WeightApplication
-from layerfusion_core.sdxl import SDXL, build_layout
 
 TINY = build_layout("tiny", 8, (1, 2), (1, 1), (1, 1), (1, 1, 1, 1), 1, context_dim=12, num_head_channels=4)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from layerfusion_core.file_checks import safetensors_problem, weights_problem
+from layerfusion_core.files.checks import safetensors_problem, weights_problem
 
 
 def test_a_whole_file_passes_and_broken_ones_say_what_is_wrong(tmp_path):

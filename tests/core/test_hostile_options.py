@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
+from layerfusion_core.architectures.sdxl import SDXL
 from layerfusion_core.controller import LayerFusionController
+from layerfusion_core.method.streams import StreamSet
 from layerfusion_core.options import BlendOptions, LayerFusionOptions, LayerSet, PriorOptions
-from layerfusion_core.sdxl import SDXL
-from layerfusion_core.streams import StreamSet
 
 NON_FINITE = [math.nan, math.inf, -math.inf]
 

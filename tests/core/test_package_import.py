@@ -31,11 +31,21 @@ def test_root_init_imports_without_comfyui(tmp_path):
         sys.modules.update(blocked)
 
 
-CORE_MODULES = sorted(p.stem for p in (REPO / "layerfusion_core").glob("*.py") if p.stem != "comfy_runtime")
+CORE = REPO / "layerfusion_core"
+ADAPTER = CORE / "comfy_runtime"
+CORE_MODULES = sorted(str(p.relative_to(CORE)) for p in CORE.rglob("*.py") if ADAPTER not in p.parents)
+HOST_IMPORTS = ("import comfy", "from comfy", "folder_paths", "import nodes", "from nodes", "import server")
+
+
+def test_the_walk_reaches_every_core_subpackage():
+    subpackages = {p.parent.name for p in CORE.rglob("*.py") if p.parent != CORE and ADAPTER not in p.parents}
+    assert {"method", "architectures", "models", "layers", "files"} <= subpackages
+    assert not any(m.startswith("comfy_runtime") for m in CORE_MODULES)
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)
 def test_core_modules_do_not_import_the_host(module):
-    source = (REPO / "layerfusion_core" / f"{module}.py").read_text()
-    for host in ("import comfy", "from comfy", "folder_paths", "import nodes", "from nodes", "import server"):
-        assert host not in source, f"layerfusion_core/{module}.py mentions {host!r}"
+    """Every core module, in every subpackage but the host adapter, is host-free."""
+    source = (CORE / module).read_text()
+    for host in HOST_IMPORTS:
+        assert host not in source, f"layerfusion_core/{module} mentions {host!r}"

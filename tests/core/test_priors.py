@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from layerfusion_core.options import PriorOrientation, SparsityFormula
-from layerfusion_core.priors import (
+from layerfusion_core.method.priors import (
     OrientationVote,
     blend_masks,
     content_prior,
@@ -17,6 +16,7 @@ from layerfusion_core.priors import (
     structure_prior,
     token_grid,
 )
+from layerfusion_core.options import PriorOrientation, SparsityFormula
 
 
 def ref_head_mean_probs(q, k, heads):

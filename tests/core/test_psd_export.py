@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layerfusion_core import psd_export
-from layerfusion_core.psd_export import (
+from layerfusion_core.layers import psd as psd_export
+from layerfusion_core.layers.psd import (
     PSD_TOOLS_REQUIREMENT,
     PsdToolsMissingError,
     atomic_write,

@@ -2,7 +2,7 @@
 
 from support.manifests import load_manifest
 
-from layerfusion_core.sdxl import SDXL, layout_from_unet_config
+from layerfusion_core.architectures.sdxl import SDXL, layout_from_unet_config
 
 
 def test_seventy_blocks_in_execution_order():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from layerfusion_core.streams import CallLayout, Chunk, Stream, StreamRole, StreamSet, merge, split
+from layerfusion_core.method.streams import CallLayout, Chunk, Stream, StreamRole, StreamSet, merge, split
 
 FG, BG, BL = Stream(StreamRole.FG), Stream(StreamRole.BG), Stream(StreamRole.BLENDED)
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from layerfusion_core.transparent_vae import (
+from layerfusion_core.models.transparent_vae import (
     TransparentDecoder,
     estimate_memory_bytes,
     expected_state_dict_shapes,

@@ -45,7 +45,7 @@ from scratch_comfyui.server import ComfyServer, comfy_server
 from support.comfy_import import REPO_ROOT, ComfyHost
 from support.tiny_stand_ins import SUBSTITUTES, random_decoder_state_dict
 
-from layerfusion_core.model_files import DEFAULT_DECODER_FILE
+from layerfusion_core.files.known import DEFAULT_DECODER_FILE
 
 TEST_PACK_NAME = "layerfusion_test_nodes"
 WORKFLOWS = REPO_ROOT / "workflows"

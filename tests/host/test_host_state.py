@@ -10,7 +10,7 @@ import torch
 from support.fg_tiny import tiny_fg_weights, tiny_lora_state_dict
 from support.triplet_runs import BG, BL, FG, NO_BLEND, assert_same, conds, plain, run
 
-from layerfusion_core.sdxl import layout_from_unet_config
+from layerfusion_core.architectures.sdxl import layout_from_unet_config
 
 
 def lora_deltas(model, seed: int = 11, scale: float = 0.5) -> dict[str, torch.Tensor]:

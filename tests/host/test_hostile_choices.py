@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import save_file
 from support.tiny_stand_ins import random_decoder_state_dict
 
-from layerfusion_core.model_files import DEFAULT_DECODER_FILE, DEFAULT_FG_FILE
+from layerfusion_core.files.known import DEFAULT_DECODER_FILE, DEFAULT_FG_FILE
 
 
 @pytest.fixture
@@ -19,7 +19,11 @@ def empty_layer_model(comfy_host, pack, tmp_path, monkeypatch):
     monkeypatch.setitem(fp.folder_names_and_paths, "layer_model", ([], set()))
     del fp.folder_names_and_paths["layer_model"]
     fp.filename_list_cache.clear()
-    folders = next(m for n, m in sys.modules.items() if n.endswith("nodes.model_folders"))
+    folders = next(
+        m
+        for n, m in sys.modules.items()
+        if n.endswith("comfy_runtime.model_folders") and n != "layerfusion_core.comfy_runtime.model_folders"
+    )
     folders.register_model_folders()
     yield tmp_path / "models" / "layer_model"
     fp.filename_list_cache.clear()

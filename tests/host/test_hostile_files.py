@@ -11,7 +11,7 @@ from support.pack_loading import run_node
 from support.tiny_sdxl import make_cond, make_latent
 from support.tiny_stand_ins import random_decoder_state_dict
 
-from layerfusion_core.sdxl import SDXL
+from layerfusion_core.architectures.sdxl import SDXL
 
 FG_LOADER = "LayerFusionForegroundLoader"
 DECODER_LOADER = "LayerFusionTransparentDecoderLoader"

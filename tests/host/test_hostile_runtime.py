@@ -10,6 +10,7 @@ from support.tiny_sdxl import make_cond, make_latent
 from support.tiny_variants import build_tiny_sdxl_inpaint
 
 from layerfusion_core.comfy_runtime import sample_triplet
+from layerfusion_core.method.streams import StreamRole
 from layerfusion_core.options import (
     BlendOptions,
     LayerFusionOptions,
@@ -18,7 +19,6 @@ from layerfusion_core.options import (
     PriorOrientation,
     SharingMode,
 )
-from layerfusion_core.streams import StreamRole
 
 FG, BG, BL = StreamRole.FG, StreamRole.BG, StreamRole.BLENDED
 NO_BLEND = LayerFusionOptions(

@@ -17,8 +17,8 @@ from PIL import Image
 from safetensors.torch import save_file
 from support.pack_loading import run_node
 
-from layerfusion_core.model_files import DEFAULT_DECODER_FILE
-from layerfusion_core.transparent_vae import expected_state_dict_shapes
+from layerfusion_core.files.known import DEFAULT_DECODER_FILE
+from layerfusion_core.models.transparent_vae import expected_state_dict_shapes
 
 DIFFUSERS_DECODER = "ld_diffusers_sdxl_vae_transparent_decoder.safetensors"
 SD15_NAME = "layer_sd15_vae_transparent_decoder.safetensors"

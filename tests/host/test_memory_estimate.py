@@ -7,8 +7,8 @@ from support.host_probes import low_free_memory, record_unet_calls
 from support.triplet_runs import NO_BLEND, conds, plain, run
 
 from layerfusion_core.comfy_runtime.memory import attention_row_factor
+from layerfusion_core.method.streams import StreamSet
 from layerfusion_core.options import SharingMode
-from layerfusion_core.streams import StreamSet
 
 SHARING_FACTOR = 5 / 3  # BG and BLENDED rows see doubled keys: 3 rows cost 5
 

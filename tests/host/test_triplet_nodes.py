@@ -9,7 +9,7 @@ from support.fg_tiny import tiny_fg_weights
 from support.pack_loading import run_node
 from support.tiny_sdxl import make_cond, make_latent
 
-from layerfusion_core.sdxl import SDXL
+from layerfusion_core.architectures.sdxl import SDXL
 
 NODE_IDS = {
     "LayerFusionTextEncode",
@@ -222,7 +222,7 @@ def test_foreground_loader_auto_download_from_a_local_server(
         downloads = next(
             m
             for n, m in sys.modules.items()
-            if n.endswith("nodes.downloads") and hasattr(m, "ensure_layer_model")
+            if n.endswith("comfy_runtime.loaders") and n != "layerfusion_core.comfy_runtime.loaders"
         )
         base = f"http://127.0.0.1:{httpd.server_address[1]}/"
         monkeypatch.setattr(downloads, "download_url", lambda name: base + name)

@@ -225,8 +225,8 @@ def test_errors_name_the_input(tiny_sdxl):
             "euler",
             "normal",
         )
+    from layerfusion_core.architectures.sdxl import SDXL
     from layerfusion_core.fg_weights import ForegroundWeightsError, parse_foreground_weights
-    from layerfusion_core.sdxl import SDXL
 
     sdxl_weights = parse_foreground_weights(
         {f"{p.diffusers_path}.weight": torch.zeros(1).expand(*p.shape) for p in SDXL.projections}, SDXL

@@ -31,7 +31,7 @@ from support.object_info import object_info
 from support.pack_loading import prompt_executor
 from support.tiny_stand_ins import random_decoder_state_dict, registered, substitute
 
-from layerfusion_core.model_files import DEFAULT_DECODER_FILE
+from layerfusion_core.files.known import DEFAULT_DECODER_FILE
 
 WORKFLOWS = REPO_ROOT / "workflows"
 README = REPO_ROOT / "README.md"

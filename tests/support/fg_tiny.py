@@ -2,8 +2,8 @@
 
 import torch
 
+from layerfusion_core.architectures.sdxl import layout_from_unet_config
 from layerfusion_core.fg_weights import parse_foreground_weights
-from layerfusion_core.sdxl import layout_from_unet_config
 
 
 def tiny_lora_state_dict(model, rank: int = 4, scale: float = 0.1, seed: int = 1) -> dict[str, torch.Tensor]:

@@ -74,7 +74,7 @@ def tiny_vae() -> Any:
 def random_decoder_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """The transparent decoder's real keys and shapes with random fan-in-scaled weights (fp16,
     as the published file); alpha biased to 0.5 so it stays off the clamp."""
-    from layerfusion_core.transparent_vae import expected_state_dict_shapes
+    from layerfusion_core.models.transparent_vae import expected_state_dict_shapes
 
     generator = torch.Generator().manual_seed(seed)
     sd = {}

@@ -3,8 +3,8 @@ conditionings, one call of ``sample_triplet``, a plain KSampler reference, and t
 tolerance used to compare them."""
 
 from layerfusion_core.comfy_runtime import sample_triplet
+from layerfusion_core.method.streams import StreamRole
 from layerfusion_core.options import BlendOptions, LayerFusionOptions, LayerSet, SharingMode
-from layerfusion_core.streams import StreamRole
 from support.fg_tiny import tiny_fg_weights
 from support.tiny_sdxl import make_cond, make_latent
 

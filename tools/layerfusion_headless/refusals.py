@@ -48,8 +48,8 @@ def unknown_type_message(exc: UnknownNodeTypeError, server: str) -> str:
 
 
 def _load_model_files() -> ModuleType | None:
-    """layerfusion_core/model_files.py (pure Python) for download hints, or None."""
-    path = REPO_ROOT / "layerfusion_core" / "model_files.py"
+    """layerfusion_core/files/known.py (pure Python) for download hints, or None."""
+    path = REPO_ROOT / "layerfusion_core" / "files" / "known.py"
     try:
         spec = importlib.util.spec_from_file_location("_layerfusion_model_files", path)
         if spec is None or spec.loader is None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from .file_sets import Writer, atomic_write
+from ..files.writing import Writer, atomic_write
 
 __all__ = ["atomic_write", "layered_psd_writer", "write_layered_psd"]
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 import os
 
-import folder_paths
-
 log = logging.getLogger(__name__)
 
 LAYER_MODEL_FOLDER = "layer_model"
@@ -17,6 +15,8 @@ EXTENSIONS = {".safetensors"}
 def register_model_folders() -> None:
     """Register ``layer_model`` with a .safetensors filter, keeping paths users configured
     (extra_model_paths.yaml) and paths another pack registered."""
+    import folder_paths
+
     default = os.path.join(folder_paths.models_dir, LAYER_MODEL_FOLDER)
     try:  # a stock ComfyUI has no models/layer_model/: create it so users know where files go
         os.makedirs(default, exist_ok=True)
@@ -36,12 +36,18 @@ def register_model_folders() -> None:
 
 
 def layer_model_files() -> list[str]:
+    import folder_paths
+
     return folder_paths.get_filename_list(LAYER_MODEL_FOLDER)
 
 
 def layer_model_path(name: str) -> str | None:
+    import folder_paths
+
     return folder_paths.get_full_path(LAYER_MODEL_FOLDER, name)
 
 
 def layer_model_dir() -> str:
+    import folder_paths
+
     return folder_paths.get_folder_paths(LAYER_MODEL_FOLDER)[0]

@@ -138,7 +138,7 @@ def download_verified(
     error page answered with 200) is refused. A ``.safetensors`` destination must parse as
     a whole safetensors file. Nothing is kept on failure.
     """
-    from .file_checks import safetensors_problem
+    from .checks import safetensors_problem
 
     if exact_size is not None:
         expected_size = (exact_size, exact_size)

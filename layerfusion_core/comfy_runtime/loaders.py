@@ -1,29 +1,43 @@
-"""Optional automatic download of missing LayerDiffuse files into models/layer_model/, with
-ComfyUI's progress bar and SHA-256 verification (see layerfusion_core.downloads)."""
+"""Reading LayerDiffuse files from models/layer_model/ (downloading a missing one first, with
+ComfyUI's progress bar and Cancel) into what the pack runs: FG weights, and the transparent
+decoder in a ModelPatcher on ComfyUI's VAE devices (``vae_device``/``vae_offload_device``,
+so --cpu-vae and --gpu-only apply), loaded by ComfyUI's memory management like a VAE."""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from typing import Any
 
-from comfy_api.latest import io
+import torch
 
-from ..layerfusion_core.downloads import download_verified, hub_file_info
-from ..layerfusion_core.file_checks import safetensors_problem, weights_problem
-from ..layerfusion_core.model_files import (
+from ..fg_weights import ForegroundWeights, parse_foreground_weights
+from ..files.checks import safetensors_problem, weights_problem
+from ..files.downloads import download_verified, hub_file_info
+from ..files.known import (
     BY_NAME,
+    DEFAULT_DECODER_FILE,
     FileKind,
     download_url,
-    mark_absent,
+    looks_like_sd15,
     missing_file_message,
     pinned_sha256,
     unmark,
+    unsupported_reason,
 )
-from .model_folders import layer_model_dir, layer_model_files, layer_model_path
+from ..models.transparent_vae import TransparentDecoder
+from ..sdxl import SDXL
+from .model_folders import layer_model_dir, layer_model_path
 
 log = logging.getLogger(__name__)
 
 _MB = 1_000_000
+# The dtypes ComfyUI may pick for the decoder, best first, through vae_dtype() (which also
+# honours --fp16-vae/--bf16-vae/--fp32-vae). fp16 is allowed, unlike for SDXL's own VAE:
+# every block normalises its input (GroupNorm), and LayerDiffuse itself runs this decoder
+# in fp16. On CPU vae_dtype gives float32.
+WORKING_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def ensure_layer_model(name: str) -> str:
@@ -65,34 +79,6 @@ def ensure_layer_model(name: str) -> str:
     return dest
 
 
-def layer_file_choices(*kinds: FileKind) -> list[str]:
-    """Files present in layer_model, then the known files of ``kinds`` not on disk, marked
-    "(not downloaded)" (they run only with auto_download; see ``check_layer_choice``)."""
-    present = layer_model_files()
-    known = [f.name for f in BY_NAME.values() if f.kind in kinds]
-    return present + [mark_absent(name) for name in known if name not in present]
-
-
-def default_choice(choices: list[str], name: str) -> str:
-    """``name`` as it appears in ``choices`` (marked when absent)."""
-    return name if name in choices else mark_absent(name)
-
-
-def check_layer_choice(input_name: str, name: str, auto_download: bool = False) -> bool | str:
-    """Queue-time check of a loader's file input (its ``validate_inputs``): True for a file
-    on disk, or a known file with auto_download on; else the reason, so a wrong pick is
-    refused before the run starts. Replaces ComfyUI's list check for this input, which
-    would refuse saved workflows naming a file by its plain name."""
-    file = unmark(name)
-    path = layer_model_path(file)
-    if path is not None and os.path.isfile(path):
-        return True
-    known = BY_NAME.get(file)
-    if auto_download and known is not None and known.kind is not FileKind.UNSUPPORTED:
-        return True
-    return f"{input_name}: {missing_file_message(file, layer_model_dir())}"
-
-
 def find_layer_file(name: str, auto_download: bool) -> str | None:
     """Path of ``name`` in layer_model; downloaded first when missing and ``auto_download``."""
     name = unmark(name)
@@ -129,12 +115,58 @@ def read_layer_file(input_name: str, name: str, auto_download: bool = False) -> 
     return state_dict
 
 
-def auto_download_input() -> io.Boolean.Input:
-    """The loaders' optional ``auto_download`` widget."""
-    return io.Boolean.Input(
-        "auto_download",
-        default=False,
-        optional=True,
-        tooltip="Download the file from Hugging Face into models/layer_model/ when it is missing "
-        "(SHA-256 checked against the hub's metadata).",
+def load_foreground_weights(name: str, auto_download: bool = False) -> ForegroundWeights:
+    """Parse and validate a FG weights file against SDXL's table (errors name the file)."""
+    name = unmark(name)
+    reason = unsupported_reason(name)
+    if reason:
+        raise ValueError(f"weights_name: {name} cannot be used as LayerFusion FG weights: {reason}")
+    state_dict = read_layer_file("weights_name", name, auto_download)
+    try:
+        return parse_foreground_weights(state_dict, SDXL, source=name)
+    except ValueError as err:
+        raise ValueError(f"weights_name: {name} is not a LayerDiffuse SDXL attention file: {err}") from err
+
+
+@dataclass(frozen=True)
+class LoadedDecoder:
+    """What flows through a LAYERFUSION_DECODER socket."""
+
+    patcher: Any
+    """comfy.model_patcher.ModelPatcher whose ``.model`` is a TransparentDecoder."""
+    name: str
+    """The file it came from."""
+    dtype: torch.dtype
+
+
+def load_transparent_decoder(name: str, auto_download: bool = False) -> LoadedDecoder:
+    """Read ``models/layer_model/<name>`` strictly into a TransparentDecoder in a ModelPatcher.
+
+    FileNotFoundError says where to download a missing file; ValueError names the file and
+    the missing, unexpected or mis-shaped keys.
+    """
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    name = unmark(name)
+    if looks_like_sd15(name):
+        log.warning(
+            "%s looks like LayerDiffuse's SD1.5 transparent decoder; LayerFusion's FG latents come "
+            "from SDXL, for which %s is the matching decoder",
+            name,
+            DEFAULT_DECODER_FILE,
+        )
+    state_dict = read_layer_file("decoder_name", name, auto_download)
+    try:
+        decoder = TransparentDecoder.from_state_dict(state_dict)
+    except ValueError as err:
+        raise ValueError(f"decoder_name: {name} is not a LayerDiffuse transparent decoder: {err}") from err
+
+    load_device = mm.vae_device()
+    dtype = mm.vae_dtype(load_device, list(WORKING_DTYPES))
+    decoder = decoder.to(dtype)
+    patcher = comfy.model_patcher.ModelPatcher(
+        decoder, load_device=load_device, offload_device=mm.vae_offload_device()
     )
+    log.info("transparent decoder %s: load device %s, dtype %s", name, load_device, dtype)
+    return LoadedDecoder(patcher, name, dtype)

@@ -4,6 +4,9 @@ A ComfyUI CONDITIONING is a list of ``[tensor [1, T, C], dict]`` entries. We acc
 entry per stream, pad token lengths by repetition to their least common multiple (which
 leaves attention unchanged, unlike zero padding), and stack image-major so row
 ``n * S + s`` carries stream ``s`` of image ``n``.
+
+Also: the EOS index of a prompt, read from the CLIP's own tokenizer (``encode``,
+``fg_eos_index``), which the content prior needs.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .streams import StreamRole, StreamSet
+from ..method.streams import StreamRole, StreamSet
 
 log = logging.getLogger(__name__)
 
@@ -163,3 +166,43 @@ def eos_index_from_windows(windows: Sequence[Sequence[Any]], end_token: int) -> 
         if position > 0 and isinstance(token, int) and token == end_token:
             return CLIP_WINDOW * (len(windows) - 1) + position
     return None
+
+
+DEFAULT_END_TOKEN = 49407  # CLIP's <|endoftext|>
+
+
+def _end_token(clip, stream: str) -> int:
+    tokenizer = getattr(getattr(clip, "tokenizer", None), f"clip_{stream}", None)
+    return int(getattr(tokenizer, "end_token", None) or DEFAULT_END_TOKEN)
+
+
+def fg_eos_index(clip, tokens: dict) -> int | None:
+    """EOS index of the FG prompt: from the CLIP-G windows (SDXL's context follows its
+    token positions), else CLIP-L."""
+    for stream in ("g", "l"):
+        if stream in tokens:
+            return eos_index_from_windows(tokens[stream], _end_token(clip, stream))
+    return None
+
+
+def encode(clip, text: str) -> tuple[list, dict]:
+    tokens = clip.tokenize(text)
+    return clip.encode_from_tokens_scheduled(tokens), tokens
+
+
+def encode_with_eos(clip, text: str) -> list:
+    """``text`` encoded by ``clip``, its entries carrying the prompt's EOS index (for the
+    content prior); without one found, a warning and the plain conditioning."""
+    conditioning, tokens = encode(clip, text)
+    eos = fg_eos_index(clip, tokens)
+    if eos is None:
+        log.warning("LayerFusion: no end-of-text token found in the tokens of %r", text[:60])
+        return conditioning
+    return [[t, {**d, EOS_KEY: eos}] for t, d in conditioning]
+
+
+def encode_triplet(clip, fg_text: str, bg_text: str, blended_text: str) -> tuple[list, list, list]:
+    """The FG (with its EOS index), BG and BLENDED conditionings; an empty BLENDED text
+    becomes '<fg_text>, <bg_text>'."""
+    blended_text = blended_text.strip() or f"{fg_text.strip()}, {bg_text.strip()}"
+    return encode_with_eos(clip, fg_text), encode(clip, bg_text)[0], encode(clip, blended_text)[0]

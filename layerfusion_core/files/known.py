@@ -68,13 +68,22 @@ def pinned_sha256(name: str) -> str | None:
     return PINNED_SHA256_UNVERIFIED.get(name) or None
 
 
+SD15_MARKERS = ("sd15", "sd_15", "sd1.5")
+
+
+def looks_like_sd15(name: str) -> bool:
+    """Whether a file name marks a Stable Diffusion 1.5 file."""
+    lower = name.lower()
+    return any(marker in lower for marker in SD15_MARKERS)
+
+
 def unsupported_reason(name: str) -> str | None:
     """Why a file cannot be used as SDXL FG weights, judged by its name, or None."""
     lower = name.lower()
     known = BY_NAME.get(name)
     if known is not None and known.kind is FileKind.UNSUPPORTED:
         return known.note
-    if "sd15" in lower or "sd_15" in lower or "sd1.5" in lower:
+    if looks_like_sd15(name):
         return "it is a Stable Diffusion 1.5 file; LayerFusion runs on SDXL"
     if "_conv" in lower and "transparent" in lower:
         return BY_NAME["layer_xl_transparent_conv.safetensors"].note

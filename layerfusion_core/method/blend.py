@@ -1,0 +1,92 @@
+"""Attention-output blending (Eq. 1, Eq. 2) and BLENDED/BG attention sharing (METHOD.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..options import SharingMode
+
+AttentionFn = Callable[..., torch.Tensor]
+"""attention(q, k, v, heads, mask=None) -> [B, T_q, heads*dim]; mask is an additive bias
+broadcastable to [B, heads, T_q, T_k] (ComfyUI's optimized_attention has this signature)."""
+
+
+def blend_attention(
+    a_fg: torch.Tensor, a_blend: torch.Tensor, soft: torch.Tensor, hard: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1 then Eq. 2 on attention outputs a_* [B, T, C] with masks [B, T].
+
+    A_blend' = M_soft * A_fg + (1 - M_soft) * A_blend
+    A_fg'    = M_hard * A_blend' + (1 - M_hard) * A_fg
+    Returns (A_fg', A_blend').
+    """
+    soft = soft.to(a_fg.dtype).unsqueeze(-1)
+    hard = hard.to(a_fg.dtype).unsqueeze(-1)
+    a_blend_new = torch.lerp(a_blend, a_fg, soft)
+    a_fg_new = torch.lerp(a_fg, a_blend_new, hard)
+    return a_fg_new, a_blend_new
+
+
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Plain fused attention with ComfyUI's calling convention ([B, T, heads*dim] in and out)."""
+    b, tq, c = q.shape
+    d = c // heads
+    qh, kh, vh = (x.reshape(b, -1, heads, d).transpose(1, 2) for x in (q, k, v))
+    if mask is not None and mask.ndim == 3:
+        mask = mask.unsqueeze(1)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=None if mask is None else mask.to(q.dtype))
+    return out.transpose(1, 2).reshape(b, tq, c)
+
+
+def suppression_bias(hard: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """[P, T] hard mask -> [P, T] additive key bias log(1 - M_hard + eps) (~log eps inside the object)."""
+    # float64: in float32, 1 - 1 + 1e-6 loses most of eps to rounding.
+    return torch.log(1.0 - hard.double() + epsilon).float()
+
+
+def shared_attention(
+    q_blend: torch.Tensor,
+    k_blend: torch.Tensor,
+    v_blend: torch.Tensor,
+    q_bg: torch.Tensor,
+    k_bg: torch.Tensor,
+    v_bg: torch.Tensor,
+    heads: int,
+    mode: SharingMode,
+    hard: torch.Tensor | None = None,
+    epsilon: float = 1e-6,
+    attention: AttentionFn = sdpa_attention,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-attention of paired BLENDED and BG rows ([P, T, C] each) under a sharing mode.
+
+    BLENDED queries attend to [K_blend; K_bg]. BG queries attend to the same keys with the
+    BLENDED keys inside the object suppressed (MASKED, needs ``hard`` [P, T]), unmasked
+    (BIDIRECTIONAL), or only to their own keys (ONE_DIRECTIONAL). The masked bias is a
+    [P, 1, 2T] tensor broadcast over heads and queries. Returns (out_blend, out_bg).
+    """
+    mode = SharingMode(mode)
+    if mode == SharingMode.OFF:
+        return attention(q_blend, k_blend, v_blend, heads), attention(q_bg, k_bg, v_bg, heads)
+    k_shared = torch.cat([k_blend, k_bg], dim=1)
+    v_shared = torch.cat([v_blend, v_bg], dim=1)
+    if mode == SharingMode.ONE_DIRECTIONAL:
+        return attention(q_blend, k_shared, v_shared, heads), attention(q_bg, k_bg, v_bg, heads)
+    # BLENDED and BG queries see the same keys: one fused call over both.
+    pairs = q_blend.shape[0]
+    q = torch.cat([q_blend, q_bg], dim=0)
+    k, v = k_shared.repeat(2, 1, 1), v_shared.repeat(2, 1, 1)
+    mask = None
+    if mode == SharingMode.MASKED:
+        if hard is None:
+            raise ValueError("shared_attention: the masked mode needs the hard mask")
+        no_bias = torch.zeros_like(hard, dtype=torch.float32)
+        bg_bias = torch.cat([suppression_bias(hard, epsilon), no_bias], dim=1)
+        blend_bias = torch.zeros_like(bg_bias)
+        mask = torch.cat([blend_bias, bg_bias], dim=0).unsqueeze(1).to(q.dtype)  # [2P, 1, 2T]
+    out = attention(q, k, v, heads, mask=mask) if mask is not None else attention(q, k, v, heads)
+    return out[:pairs], out[pairs:]

@@ -1,0 +1,209 @@
+"""Structure prior, content prior, masks, prior resizing and orientation (METHOD.md).
+
+All probability maps are computed in float32, whatever the activations' dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..options import PriorOrientation, SparsityFormula
+
+log = logging.getLogger(__name__)
+
+EOS_FALLBACK_COLUMNS = slice(1, 77)  # first window without BOS (the attention sink)
+
+
+def minmax(x: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise [B, T] over T per row; a row whose range is below 1e-6 of its
+    largest magnitude (a flat map) becomes zeros."""
+    lo = x.amin(dim=-1, keepdim=True)
+    hi = x.amax(dim=-1, keepdim=True)
+    span = hi - lo
+    scale = x.abs().amax(dim=-1, keepdim=True)
+    flat = span <= 1e-6 * scale
+    out = (x - lo) / torch.where(flat, torch.ones_like(span), span)
+    return torch.where(flat, torch.zeros_like(out), out)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, T, h*d] -> [B, h, T, d] in float32."""
+    b, t, c = x.shape
+    if c % heads:
+        raise ValueError(f"channels {c} are not divisible by heads {heads}")
+    return x.float().reshape(b, t, heads, c // heads).transpose(1, 2)
+
+
+def sparsity_score(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    heads: int,
+    chunk_size: int = 1024,
+    formula: SparsityFormula = SparsityFormula.SUM_OF_SQUARES,
+) -> torch.Tensor:
+    """Per-query sparsity of the head-mean self-attention map, [B, T] (high = sparse row).
+
+    q, k: [B, T, heads*dim]. m = mean over heads of softmax(q_h k_h^T / sqrt(dim)) is never
+    materialised whole: query rows are processed in chunks and heads accumulated into one
+    [B, chunk, T_k] buffer, so memory is O(B * chunk * T_k).
+    """
+    qh, kh = _heads(q, heads), _heads(k, heads)
+    scale = 1.0 / math.sqrt(qh.shape[-1])
+    kh_t = kh.transpose(-1, -2)
+    formula = SparsityFormula(formula)
+    scores = []
+    for start in range(0, qh.shape[2], chunk_size):
+        q_chunk = qh[:, :, start : start + chunk_size]
+        mean = None
+        for h in range(heads):
+            probs = torch.softmax(torch.matmul(q_chunk[:, h], kh_t[:, h]) * scale, dim=-1)
+            mean = probs if mean is None else mean.add_(probs)
+            del probs
+        mean.div_(heads)
+        if formula == SparsityFormula.SUM_OF_SQUARES:
+            scores.append(mean.square().sum(dim=-1))
+        else:
+            scores.append(torch.special.xlogy(mean, mean).sum(dim=-1))
+    return torch.cat(scores, dim=1)
+
+
+def orient(normalised_sparsity: torch.Tensor, orientation: PriorOrientation) -> torch.Tensor:
+    """minmax(s) -> s': DENSE gives 1 - minmax(s) (dense rows high), SPARSE gives minmax(s)."""
+    orientation = PriorOrientation(orientation)
+    if orientation == PriorOrientation.AUTO:
+        raise ValueError("orient: AUTO must be resolved to dense or sparse first (OrientationVote)")
+    if orientation == PriorOrientation.DENSE:
+        return 1.0 - normalised_sparsity
+    return normalised_sparsity
+
+
+def structure_prior(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    heads: int,
+    chunk_size: int = 1024,
+    formula: SparsityFormula = SparsityFormula.SUM_OF_SQUARES,
+    orientation: PriorOrientation = PriorOrientation.DENSE,
+) -> torch.Tensor:
+    """Structure prior s' [B, T] from self-attention q, k [B, T, heads*dim].
+
+    Default: s' = 1 - minmax_T(sum_j m_ij^2), float32.
+    """
+    return orient(minmax(sparsity_score(q, k, heads, chunk_size, formula)), orientation)
+
+
+def content_prior(
+    q: torch.Tensor,
+    k_text: torch.Tensor,
+    heads: int,
+    eos_index: int | torch.Tensor | None,
+) -> torch.Tensor:
+    """Content confidence prior c [B, T]: head-mean cross-attention probability of the EOS token.
+
+    q: [B, T, heads*dim]; k_text: [B, L, heads*dim]; eos_index: int, LongTensor [B] (a
+    global index into the L context tokens), or None for the fallback (mean over columns
+    1..76 of the first window).
+    """
+    qh, kh = _heads(q, heads), _heads(k_text, heads)
+    b, _, _, d = qh.shape
+    length = kh.shape[2]
+    if eos_index is None:
+        columns = torch.arange(length)[EOS_FALLBACK_COLUMNS].to(q.device)
+        if columns.numel() == 0:
+            raise ValueError(f"content_prior: context of {length} tokens has no columns after BOS")
+    else:
+        eos = torch.as_tensor(eos_index, dtype=torch.long, device=q.device).reshape(-1).expand(b)
+        if (eos < 0).any() or (eos >= length).any():
+            raise ValueError(f"content_prior: eos_index {eos.tolist()} outside the {length} context tokens")
+    scale = 1.0 / math.sqrt(d)
+    total = q.new_zeros((b, qh.shape[2]), dtype=torch.float32)
+    for h in range(heads):
+        probs = torch.softmax(torch.matmul(qh[:, h], kh[:, h].transpose(-1, -2)) * scale, dim=-1)
+        if eos_index is None:
+            total += probs[..., columns].mean(dim=-1)
+        else:
+            total += probs.gather(-1, eos.view(b, 1, 1).expand(b, probs.shape[1], 1)).squeeze(-1)
+    return total / heads
+
+
+def blend_masks(
+    structure: torch.Tensor,
+    content: torch.Tensor,
+    coefficient: float = 10.0,
+    threshold: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(soft, hard) [B, T]: soft = minmax_T(structure * content); hard = sigmoid(k (soft - tau))."""
+    soft = minmax(structure.float() * content.float())
+    hard = torch.sigmoid(coefficient * (soft - threshold))
+    return soft, hard
+
+
+def resize_prior(prior: torch.Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> torch.Tensor:
+    """Resize a [B, h*w] token map between grids of any shape (area interpolation)."""
+    if tuple(src_hw) == tuple(dst_hw):
+        return prior
+    b = prior.shape[0]
+    if prior.shape[1] != src_hw[0] * src_hw[1]:
+        raise ValueError(f"resize_prior: {prior.shape[1]} tokens do not form a {src_hw[0]}x{src_hw[1]} grid")
+    grid = prior.float().reshape(b, 1, *src_hw)
+    return F.interpolate(grid, size=tuple(dst_hw), mode="area").reshape(b, -1)
+
+
+def token_grid(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """The (h, w) grid of ``tokens`` tokens at a UNet level of a latent of size ``latent_hw``.
+
+    Each UNet level halves with ceil rounding, so walk down until the product matches.
+    """
+    h, w = latent_hw
+    for _ in range(8):
+        if h * w == tokens:
+            return h, w
+        h, w = (h + 1) // 2, (w + 1) // 2
+    raise ValueError(f"token_grid: {tokens} tokens match no level of a {latent_hw[0]}x{latent_hw[1]} latent")
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation per row of two [B, T] maps -> [B] (0 where a map is flat)."""
+    a = a.float() - a.float().mean(dim=-1, keepdim=True)
+    b = b.float() - b.float().mean(dim=-1, keepdim=True)
+    denom = a.norm(dim=-1) * b.norm(dim=-1)
+    return torch.where(denom > 0, (a * b).sum(dim=-1) / denom.clamp_min(1e-30), torch.zeros_like(denom))
+
+
+class OrientationVote:
+    """Resolves PriorOrientation.AUTO once per run (METHOD.md, priors 1).
+
+    Each observed evaluation votes for the orientation whose s' correlates positively
+    with the content prior taken at the same block; after ``evaluations`` votes the
+    majority decides (a tie keeps the paper's dense) and the decision never changes.
+    """
+
+    def __init__(self, orientation: PriorOrientation, evaluations: int = 1) -> None:
+        orientation = PriorOrientation(orientation)
+        self._requested = orientation
+        self._needed = evaluations
+        self._votes: list[PriorOrientation] = []
+        self.decided: PriorOrientation | None = None if orientation == PriorOrientation.AUTO else orientation
+
+    def observe(self, normalised_sparsity: torch.Tensor, content: torch.Tensor) -> None:
+        if self.decided is not None:
+            return
+        dense_corr = correlation(1.0 - normalised_sparsity, content).mean().item()
+        self._votes.append(PriorOrientation.DENSE if dense_corr >= 0 else PriorOrientation.SPARSE)
+        log.debug(
+            "LayerFusion orientation vote %d: corr(dense, content) = %.4f", len(self._votes), dense_corr
+        )
+        if len(self._votes) >= self._needed:
+            sparse_votes = self._votes.count(PriorOrientation.SPARSE)
+            dense_votes = len(self._votes) - sparse_votes
+            self.decided = PriorOrientation.SPARSE if sparse_votes > dense_votes else PriorOrientation.DENSE
+            log.info(
+                "LayerFusion: structure prior orientation 'auto' decided '%s' (%d dense / %d sparse votes)",
+                self.decided.value,
+                dense_votes,
+                sparse_votes,
+            )
