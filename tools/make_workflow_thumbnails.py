@@ -24,18 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:
-    sys.path.insert(0, str(_HERE))
+sys.path.insert(0, str(_HERE))  # the scratch_comfyui package beside this script
 
-from scratch_comfyui.editor import (  # noqa: E402
-    PACK_NAME,
-    find_chromium,
-    graph_thumbnail,
-    load_template,
-    open_editor,
-    write_settings,
-)
-from scratch_comfyui.server import ServerStartError, comfy_server  # noqa: E402
+from scratch_comfyui import editor, server  # noqa: E402
 
 REPO_ROOT = _HERE.parent
 WORKFLOWS = REPO_ROOT / "workflows"
@@ -61,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if root is None or not (root / "main.py").is_file():
         print("error: pass --comfyui <ComfyUI folder> (or set COMFYUI_PATH)", file=sys.stderr)
         return 2
-    chromium = find_chromium()
+    chromium = editor.find_chromium()
     if chromium is None:
         print(
             "error: no chromium (apt-get install -y chromium, or set LAYERFUSION_CHROMIUM)", file=sys.stderr
@@ -80,22 +71,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="layerfusion_thumbnails_") as scratch:
         base = Path(scratch)
-        write_settings(base)
+        editor.write_settings(base)
         try:
             with (
-                comfy_server(
-                    root, base, custom_nodes={PACK_NAME: REPO_ROOT}, env={"PYTHONDONTWRITEBYTECODE": "1"}
-                ) as server,
-                open_editor(
-                    server.url, chromium, base / "chromium_profile", ["LayerFusionSaveLayers"]
+                server.comfy_server(
+                    root,
+                    base,
+                    custom_nodes={editor.PACK_NAME: REPO_ROOT},
+                    env={"PYTHONDONTWRITEBYTECODE": "1"},
+                ) as scratch_server,
+                editor.open_editor(
+                    scratch_server.url, chromium, base / "chromium_profile", ["LayerFusionSaveLayers"]
                 ) as page,
             ):
                 for name in names:
-                    load_template(page, name)
+                    editor.load_template(page, name)
                     target = WORKFLOWS / f"{name}.jpg"
-                    target.write_bytes(graph_thumbnail(page, name))
+                    target.write_bytes(editor.graph_thumbnail(page, name))
                     print(os.fspath(target), flush=True)
-        except ServerStartError as exc:
+        except server.ServerStartError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         except Exception as exc:  # a template that does not load, a browser that fails
