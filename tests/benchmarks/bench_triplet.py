@@ -79,7 +79,7 @@ for _path in (REPO_ROOT / "tests", REPO_ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from support import comfy_host as ch  # noqa: E402
+from support import comfy_import, tiny_sdxl  # noqa: E402
 
 from layerfusion_core.architectures.sdxl import SDXL, UNetLayout, layout_from_unet_config  # noqa: E402
 from layerfusion_core.comfy_runtime.conditioning import EOS_KEY  # noqa: E402
@@ -147,7 +147,9 @@ class Mode:
     seed: int = 7
 
 
-TINY = Mode("tiny", 128, 6, 7, torch.float32, ch.TINY_SDXL_CONTEXT_DIM, ch.TINY_SDXL_POOLED_DIM, 16)
+TINY = Mode(
+    "tiny", 128, 6, 7, torch.float32, tiny_sdxl.TINY_SDXL_CONTEXT_DIM, tiny_sdxl.TINY_SDXL_POOLED_DIM, 16
+)
 FULL = Mode("sdxl", 1024, 25, 3, torch.float16, 2048, 1280, 256)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -159,7 +161,7 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 def import_comfy(cpu: bool) -> SimpleNamespace:
     """ComfyUI in library mode: only what sampling needs (no server, nodes or frontend)."""
-    located = ch.find_comfyui()
+    located = comfy_import.find_comfyui()
     if located.root is None:
         raise SystemExit(f"bench_triplet: {located.how}")
     root = str(located.root)
@@ -200,7 +202,7 @@ def import_comfy(cpu: bool) -> SimpleNamespace:
 
 
 def init_weights_(module: torch.nn.Module, seed: int) -> None:
-    """comfy_host.init_weights_'s scheme, drawn on each parameter's own device (fast on a GPU):
+    """tiny_sdxl.init_weights_'s scheme, drawn on each parameter's own device (fast on a GPU):
     matrices/kernels N(0, 1/fan_in), 1-D weights 1, biases N(0, 0.01^2)."""
     generators: dict[torch.device, torch.Generator] = {}
     with torch.no_grad():
@@ -299,7 +301,7 @@ def concat_input_clone(model: Any, in_channels: int, seed: int) -> Any:
 
 def make_cond(mode: Mode, seed: int) -> list[list[Any]]:
     """A one-prompt CONDITIONING of the mode's widths, with SDXL's size conditioning set."""
-    cond = ch.make_cond(seed, context_dim=mode.context_dim, pooled=mode.pooled_dim)
+    cond = tiny_sdxl.make_cond(seed, context_dim=mode.context_dim, pooled=mode.pooled_dim)
     cond[0][1].update(width=mode.size, height=mode.size, target_width=mode.size, target_height=mode.size)
     return cond
 
@@ -405,7 +407,7 @@ class Setup:
 
 
 def make_setup(mode: Mode, comfy: SimpleNamespace) -> Setup:
-    model = ch.build_tiny_sdxl(0) if mode.name == "tiny" else build_full_sdxl(comfy, mode.dtype)
+    model = tiny_sdxl.build_tiny_sdxl(0) if mode.name == "tiny" else build_full_sdxl(comfy, mode.dtype)
     layout = layout_from_unet_config(model.model.model_config.unet_config, name=mode.name)
     factors = lora_factors(layout, mode.lora_rank, mode.dtype)
     setup = Setup(

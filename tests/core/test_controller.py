@@ -154,7 +154,8 @@ def test_outside_the_window_no_prior_pass_runs_and_the_main_call_records():
     assert not ctrl.uses_prior_pass and ctrl.policy.records_in_main
     main_call(ctrl)
     assert (
-        ctrl.recorder.recording.has_structure and ctrl.recorder.recording.content_blocks() == ctrl.content_blocks
+        ctrl.recorder.recording.has_structure
+        and ctrl.recorder.recording.content_blocks() == ctrl.content_blocks
     )
     assert ctrl.final_masks() is not None
     ctrl.begin_evaluation(active=True)

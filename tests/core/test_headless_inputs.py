@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from layerfusion_headless.downloads import saved_files
 
 RUN = Path(__file__).resolve().parents[2] / "tools" / "layerfusion_run.py"
 
@@ -272,9 +273,6 @@ def test_a_ui_workflow_is_sent_as_extra_png_info(tmp_path, fake):
 
 
 def test_files_reported_besides_the_shown_images_are_collected():
-    sys.path.insert(0, str(RUN.parent))
-    import layerfusion_run
-
     entry = {
         "outputs": {
             "9": {
@@ -286,5 +284,5 @@ def test_files_reported_besides_the_shown_images_are_collected():
             }
         }
     }
-    names = [f.filename for f in layerfusion_run.saved_files(entry)]
+    names = [f.filename for f in saved_files(entry)]
     assert names == ["l_00001_fg.png", "l_00001_soft_mask.png", "l_00001_layers.psd"]

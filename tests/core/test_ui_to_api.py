@@ -11,14 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from layerfusion_headless import downloads, errors, follow, overrides, refusals, widgets
+from layerfusion_headless import ui_to_api as api_format
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools"
-if str(TOOLS) not in sys.path:
-    sys.path.insert(0, str(TOOLS))
-
-import comfy_api_format as caf  # noqa: E402
-import layerfusion_run as run  # noqa: E402
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -281,7 +278,7 @@ def without_meta(prompt: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_txt2img_workflow_converts_like_the_frontend() -> None:
-    prompt = caf.ui_to_api(txt2img_workflow(), OBJECT_INFO)
+    prompt = api_format.ui_to_api(txt2img_workflow(), OBJECT_INFO)
     assert without_meta(prompt) == EXPECTED_TXT2IMG
     assert prompt["1"]["_meta"]["title"] == "Load Checkpoint"
 
@@ -290,11 +287,11 @@ def test_links_in_object_form_give_the_same_prompt() -> None:
     workflow = txt2img_workflow()
     keys = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
     workflow["links"] = [dict(zip(keys, link, strict=True)) for link in workflow["links"]]
-    assert without_meta(caf.ui_to_api(workflow, OBJECT_INFO)) == EXPECTED_TXT2IMG
+    assert without_meta(api_format.ui_to_api(workflow, OBJECT_INFO)) == EXPECTED_TXT2IMG
 
 
 def test_seed_control_value_is_skipped_and_frontend_only_nodes_are_dropped() -> None:
-    prompt = caf.ui_to_api(txt2img_workflow(), OBJECT_INFO)
+    prompt = api_format.ui_to_api(txt2img_workflow(), OBJECT_INFO)
     assert "randomize" not in json.dumps(prompt)
     assert set(prompt) == {"1", "2", "3", "4", "5", "6", "7"}  # no muted 9, bypassed 8, 10-13
 
@@ -302,32 +299,32 @@ def test_seed_control_value_is_skipped_and_frontend_only_nodes_are_dropped() -> 
 def test_title_is_kept_in_meta() -> None:
     workflow = txt2img_workflow()
     workflow["nodes"][4]["title"] = "Main sampler"
-    assert caf.ui_to_api(workflow, OBJECT_INFO)["5"]["_meta"]["title"] == "Main sampler"
+    assert api_format.ui_to_api(workflow, OBJECT_INFO)["5"]["_meta"]["title"] == "Main sampler"
 
 
 def test_bypassed_node_without_a_matching_input_is_an_error_for_a_required_socket() -> None:
     workflow = txt2img_workflow()
     workflow["nodes"][7]["inputs"][0]["type"] = "IMAGE"  # nothing of type LATENT to pass through
-    with pytest.raises(caf.WorkflowError, match=r"node 5 input latent_image .* bypassed"):
-        caf.ui_to_api(workflow, OBJECT_INFO)
+    with pytest.raises(errors.WorkflowError, match=r"node 5 input latent_image .* bypassed"):
+        api_format.ui_to_api(workflow, OBJECT_INFO)
 
 
 def test_muted_source_of_a_required_socket_is_an_error() -> None:
     workflow = txt2img_workflow()
     workflow["nodes"][3]["mode"] = 2  # EmptyLatentImage muted; the bypass passes it through
-    with pytest.raises(caf.WorkflowError, match=r"node 5 input latent_image gets no value: .*4.*muted"):
-        caf.ui_to_api(workflow, OBJECT_INFO)
+    with pytest.raises(errors.WorkflowError, match=r"node 5 input latent_image gets no value: .*4.*muted"):
+        api_format.ui_to_api(workflow, OBJECT_INFO)
 
 
 def test_muted_source_of_a_widget_input_keeps_the_widget_value() -> None:
     workflow = txt2img_workflow()
     workflow["nodes"][9]["mode"] = 2  # the PrimitiveNode is frontend-only: its value still counts
-    assert caf.ui_to_api(workflow, OBJECT_INFO)["2"]["inputs"]["text"] == "a red fox"
+    assert api_format.ui_to_api(workflow, OBJECT_INFO)["2"]["inputs"]["text"] == "a red fox"
     workflow = txt2img_workflow()
     workflow["links"][-1][1] = 4  # feed the text from a muted real node instead
     workflow["nodes"][3]["mode"] = 2
     workflow["nodes"][4]["inputs"][3]["link"] = None  # and detach the latent, not under test
-    conversion = caf.convert_workflow(workflow, OBJECT_INFO)
+    conversion = api_format.convert_workflow(workflow, OBJECT_INFO)
     assert conversion.prompt["2"]["inputs"]["text"] == "stale text the primitive overrides"
     assert any("node 2 input text left unset" in note for note in conversion.notes)
 
@@ -336,8 +333,8 @@ def test_unknown_node_types_are_all_named() -> None:
     workflow = txt2img_workflow()
     workflow["nodes"][4]["type"] = "LayerFusionTripletSampler"
     workflow["nodes"][5]["type"] = "SomePackDecode"
-    with pytest.raises(caf.UnknownNodeTypeError) as info:
-        caf.ui_to_api(workflow, OBJECT_INFO)
+    with pytest.raises(errors.UnknownNodeTypeError) as info:
+        api_format.ui_to_api(workflow, OBJECT_INFO)
     assert info.value.class_types == ("LayerFusionTripletSampler", "SomePackDecode")
     assert "LayerFusionTripletSampler (node 5)" in str(info.value)
 
@@ -345,15 +342,15 @@ def test_unknown_node_types_are_all_named() -> None:
 def test_unknown_type_on_a_muted_or_bypassed_node_is_fine() -> None:
     workflow = txt2img_workflow()
     workflow["nodes"][8]["type"] = "NotInstalled"
-    assert "9" not in caf.ui_to_api(workflow, OBJECT_INFO)
+    assert "9" not in api_format.ui_to_api(workflow, OBJECT_INFO)
 
 
 def test_subgraphs_are_refused_with_a_fix() -> None:
     workflow = txt2img_workflow()
     workflow["definitions"] = {"subgraphs": [{"id": "abc-123"}]}
     workflow["nodes"][5]["type"] = "abc-123"
-    with pytest.raises(caf.WorkflowError, match="unpack the subgraph"):
-        caf.ui_to_api(workflow, OBJECT_INFO)
+    with pytest.raises(errors.WorkflowError, match="unpack the subgraph"):
+        api_format.ui_to_api(workflow, OBJECT_INFO)
 
 
 def test_reroute_loop_is_an_error() -> None:
@@ -365,12 +362,12 @@ def test_reroute_loop_is_an_error() -> None:
         ],
         "links": [[1, 1, 0, 2, 0, "*"], [2, 2, 0, 1, 0, "*"], [3, 2, 0, 3, 0, "IMAGE"]],
     }
-    with pytest.raises(caf.WorkflowError, match="loop"):
-        caf.ui_to_api(workflow, OBJECT_INFO)
+    with pytest.raises(errors.WorkflowError, match="loop"):
+        api_format.ui_to_api(workflow, OBJECT_INFO)
 
 
 def convert_one(kind: str, widgets: Any) -> dict[str, Any]:
-    prompt = caf.ui_to_api({"nodes": [node(1, kind, widgets)], "links": []}, ALL_INFO)
+    prompt = api_format.ui_to_api({"nodes": [node(1, kind, widgets)], "links": []}, ALL_INFO)
     return prompt["1"]["inputs"]
 
 
@@ -409,10 +406,10 @@ def test_combo_with_control_after_generate_skips_control_and_filter() -> None:
 
 
 def test_legacy_seed_name_gets_a_control_unless_disabled() -> None:
-    assert caf.widget_layout(EXTRA_INFO["LegacySeed"]) == [
-        caf.WidgetSlot("seed"),
-        caf.WidgetSlot(None, control=True),
-        caf.WidgetSlot("noise"),
+    assert widgets.widget_layout(EXTRA_INFO["LegacySeed"]) == [
+        widgets.WidgetSlot("seed"),
+        widgets.WidgetSlot(None, control=True),
+        widgets.WidgetSlot("noise"),
     ]
     assert convert_one("LegacySeed", [5, "fixed", 6]) == {"seed": 5, "noise": 6}
 
@@ -453,12 +450,12 @@ def layer_prompt() -> dict[str, Any]:
         ],
         "links": [],
     }
-    return caf.ui_to_api(workflow, ALL_INFO)
+    return api_format.ui_to_api(workflow, ALL_INFO)
 
 
 def test_named_overrides_set_inputs_by_node_type() -> None:
     prompt = layer_prompt()
-    changes = caf.apply_overrides(
+    changes = overrides.apply_overrides(
         prompt,
         {
             "fg": "a glass",
@@ -477,9 +474,9 @@ def test_named_overrides_set_inputs_by_node_type() -> None:
 
 
 def test_named_override_without_a_target_node_is_an_error() -> None:
-    prompt = caf.ui_to_api({"nodes": [node(1, "EmptyLatentImage", [8, 8, 1])], "links": []}, ALL_INFO)
-    with pytest.raises(caf.WorkflowError, match="--fg: the workflow has no LayerFusionTextEncode"):
-        caf.apply_overrides(prompt, {"fg": "x"})
+    prompt = api_format.ui_to_api({"nodes": [node(1, "EmptyLatentImage", [8, 8, 1])], "links": []}, ALL_INFO)
+    with pytest.raises(errors.WorkflowError, match="--fg: the workflow has no LayerFusionTextEncode"):
+        overrides.apply_overrides(prompt, {"fg": "x"})
 
 
 @pytest.mark.parametrize(
@@ -494,37 +491,37 @@ def test_named_override_without_a_target_node_is_an_error() -> None:
     ],
 )
 def test_parse_set_override(text: str, node_ref: str, name: str, value: Any) -> None:
-    assert caf.parse_set_override(text) == caf.SetOverride(node_ref, name, value)
+    assert overrides.parse_set_override(text) == overrides.SetOverride(node_ref, name, value)
 
 
 @pytest.mark.parametrize("text", ["seed=1", "4.seed", ".seed=1", "4.=1"])
 def test_parse_set_override_rejects_malformed(text: str) -> None:
-    with pytest.raises(caf.WorkflowError, match=r"NODE\.INPUT=VALUE"):
-        caf.parse_set_override(text)
+    with pytest.raises(errors.WorkflowError, match=r"NODE\.INPUT=VALUE"):
+        overrides.parse_set_override(text)
 
 
 def test_set_override_finds_nodes_by_id_title_or_type() -> None:
     prompt = layer_prompt()
-    caf.apply_overrides(
+    overrides.apply_overrides(
         prompt,
         {},
         [
-            caf.parse_set_override("CheckpointLoaderSimple.ckpt_name=tiny.safetensors"),
-            caf.parse_set_override("Size.batch_size=3"),
-            caf.parse_set_override("2.sampler_name=euler"),
+            overrides.parse_set_override("CheckpointLoaderSimple.ckpt_name=tiny.safetensors"),
+            overrides.parse_set_override("Size.batch_size=3"),
+            overrides.parse_set_override("2.sampler_name=euler"),
         ],
     )
     assert prompt["4"]["inputs"]["ckpt_name"] == "tiny.safetensors"
     assert prompt["3"]["inputs"]["batch_size"] == 3
     assert prompt["2"]["inputs"]["sampler_name"] == "euler"
-    with pytest.raises(caf.WorkflowError, match="no node 'Nope'"):
-        caf.apply_overrides(prompt, {}, [caf.parse_set_override("Nope.x=1")])
+    with pytest.raises(errors.WorkflowError, match="no node 'Nope'"):
+        overrides.apply_overrides(prompt, {}, [overrides.parse_set_override("Nope.x=1")])
 
 
 def test_set_override_replacing_a_link_says_so() -> None:
     prompt = layer_prompt()
     prompt["2"]["inputs"]["seed"] = ["9", 0]
-    (change,) = caf.apply_overrides(prompt, {}, [caf.parse_set_override("2.seed=5")])
+    (change,) = overrides.apply_overrides(prompt, {}, [overrides.parse_set_override("2.seed=5")])
     assert prompt["2"]["inputs"]["seed"] == 5 and "replacing its link" in change
 
 
@@ -540,8 +537,8 @@ def test_value_not_in_list_for_a_checkpoint_says_where_the_file_goes() -> None:
         "details": "ckpt_name: 'sdxl.safetensors' not in []",
         "extra_info": {"input_name": "ckpt_name", "received_value": "sdxl.safetensors"},
     }
-    finder = run.FolderFinder(None, None)
-    line = run.describe_node_error("4", "CheckpointLoaderSimple", error, OBJECT_INFO, finder)
+    finder = refusals.FolderFinder(None, None)
+    line = refusals.describe_node_error("4", "CheckpointLoaderSimple", error, OBJECT_INFO, finder)
     assert "model file missing: node 4 (CheckpointLoaderSimple) input ckpt_name" in line
     assert "'sdxl.safetensors'" in line and "models/checkpoints/" in line
 
@@ -551,8 +548,8 @@ def test_value_not_in_list_for_a_layerdiffuse_file_gives_the_download_address() 
         "type": "value_not_in_list",
         "extra_info": {"input_name": "decoder_name", "received_value": "vae_transparent_decoder.safetensors"},
     }
-    finder = run.FolderFinder(None, run._load_model_files())
-    line = run.describe_node_error("9", "LayerFusionTransparentDecoderLoader", error, {}, finder)
+    finder = refusals.FolderFinder(None, refusals._load_model_files())
+    line = refusals.describe_node_error("9", "LayerFusionTransparentDecoderLoader", error, {}, finder)
     assert "models/layer_model/" in line
     assert (
         "https://huggingface.co/LayerDiffusion/layerdiffusion-v1/resolve/main/vae_transparent_decoder" in line
@@ -560,23 +557,27 @@ def test_value_not_in_list_for_a_layerdiffuse_file_gives_the_download_address() 
 
 
 def test_folder_is_found_from_the_server_listing() -> None:
-    finder = run.FolderFinder(None, None, {"checkpoints": ["m.safetensors"], "vae": ["v.safetensors"]})
+    finder = refusals.FolderFinder(None, None, {"checkpoints": ["m.safetensors"], "vae": ["v.safetensors"]})
     assert finder.folder("VAELoader", "vae_name", "other.safetensors", ["v.safetensors"]) == "vae"
 
 
 def test_refusal_without_node_errors_reports_the_top_error() -> None:
     answer = {"error": {"message": "Prompt has no outputs", "details": ""}, "node_errors": {}}
-    assert run.describe_refusal(answer, {}, run.FolderFinder(None, None)) == ["Prompt has no outputs"]
+    assert refusals.describe_refusal(answer, {}, refusals.FolderFinder(None, None)) == [
+        "Prompt has no outputs"
+    ]
 
 
 def test_websocket_events() -> None:
-    reporter = run.Reporter({"5": {"class_type": "KSampler"}}, quiet=True)
-    assert run.handle_event("executing", {"node": "5", "prompt_id": "p"}, "p", reporter) is None
-    assert run.handle_event("progress", {"value": 3, "max": 25, "prompt_id": "p"}, "p", reporter) is None
-    assert run.handle_event("execution_success", {"prompt_id": "other"}, "p", reporter) is None
-    assert run.handle_event("execution_success", {"prompt_id": "p"}, "p", reporter) == run.Outcome(True)
-    assert run.handle_event("executing", {"node": None, "prompt_id": "p"}, "p", reporter) == run.Outcome(True)
-    failed = run.handle_event(
+    reporter = follow.Reporter({"5": {"class_type": "KSampler"}}, quiet=True)
+    assert follow.handle_event("executing", {"node": "5", "prompt_id": "p"}, "p", reporter) is None
+    assert follow.handle_event("progress", {"value": 3, "max": 25, "prompt_id": "p"}, "p", reporter) is None
+    assert follow.handle_event("execution_success", {"prompt_id": "other"}, "p", reporter) is None
+    assert follow.handle_event("execution_success", {"prompt_id": "p"}, "p", reporter) == follow.Outcome(True)
+    assert follow.handle_event(
+        "executing", {"node": None, "prompt_id": "p"}, "p", reporter
+    ) == follow.Outcome(True)
+    failed = follow.handle_event(
         "execution_error",
         {
             "prompt_id": "p",
@@ -588,7 +589,7 @@ def test_websocket_events() -> None:
         "p",
         reporter,
     )
-    assert failed == run.Outcome(False, "node 5 (KSampler) failed: OutOfMemoryError: out of memory")
+    assert failed == follow.Outcome(False, "node 5 (KSampler) failed: OutOfMemoryError: out of memory")
 
 
 def test_history_error_status_is_a_failure() -> None:
@@ -601,8 +602,8 @@ def test_history_error_status_is_a_failure() -> None:
             ],
         }
     }
-    assert run.history_outcome(entry) == run.Outcome(False, "node 3 (X) failed: boom")
-    assert run.history_outcome({"status": {"status_str": "success"}}).ok
+    assert follow.history_outcome(entry) == follow.Outcome(False, "node 3 (X) failed: boom")
+    assert follow.history_outcome({"status": {"status_str": "success"}}).ok
 
 
 def test_saved_files_are_the_output_records_of_every_node() -> None:
@@ -616,20 +617,20 @@ def test_saved_files_are_the_output_records_of_every_node() -> None:
             },
         }
     }
-    assert run.saved_files(entry) == [
-        run.SavedFile("7", "a.png", "layers", "output"),
-        run.SavedFile("9", "l.psd", "layers", "output"),
+    assert downloads.saved_files(entry) == [
+        downloads.SavedFile("7", "a.png", "layers", "output"),
+        downloads.SavedFile("9", "l.psd", "layers", "output"),
     ]
-    assert len(run.saved_files(entry, ("output", "temp"))) == 3
+    assert len(downloads.saved_files(entry, ("output", "temp"))) == 3
 
 
 def test_saved_files_never_leave_the_out_folder(tmp_path: Path) -> None:
     assert (
-        run.local_path(tmp_path, run.SavedFile("1", "a.png", "x/y", "output"))
+        downloads.local_path(tmp_path, downloads.SavedFile("1", "a.png", "x/y", "output"))
         == tmp_path / "x" / "y" / "a.png"
     )
-    with pytest.raises(run.RunError, match="leaves"):
-        run.local_path(tmp_path, run.SavedFile("1", "a.png", "../up", "output"))
+    with pytest.raises(errors.RunError, match="leaves"):
+        downloads.local_path(tmp_path, downloads.SavedFile("1", "a.png", "../up", "output"))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -677,7 +678,7 @@ def test_print_api_works_offline_with_a_saved_object_info(tmp_path: Path) -> Non
 def test_invalid_json_is_one_clear_line(tmp_path: Path) -> None:
     (tmp_path / "wf.json").write_text('{"nodes": [')
     result = run_cli("--workflow", str(tmp_path / "wf.json"), "--server", "http://127.0.0.1:9")
-    assert result.returncode == run.EXIT_USAGE
+    assert result.returncode == errors.EXIT_USAGE
     assert result.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'wf.json'} is not valid JSON (line 1, column 12: Expecting value)"
     ]

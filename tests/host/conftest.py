@@ -11,7 +11,9 @@ Where ComfyUI is looked for (first hit wins):
 small, shared CPU machine multi-threaded tiny ops run 20x slower, and results stay reproducible).
 
 Fixtures: comfy_host, pack, tiny_sdxl, make_tiny_sdxl, forced_split (see each docstring).
-Helpers that are not fixtures live in ``support.comfy_host``.
+Helpers that are not fixtures live in ``support``: ``comfy_import`` (find and import ComfyUI),
+``pack_loading`` (load a pack, run a node or a prompt), ``tiny_sdxl`` (the tiny model and its
+inputs) and ``host_probes`` (UNet-call batching, free memory, torch threads).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from support import comfy_host as ch
+from support.comfy_import import REPO_ROOT, ComfyHost, ComfyUIUnavailable, find_comfyui, import_comfyui
+from support.host_probes import low_free_memory, torch_threads
+from support.pack_loading import LoadedPack, load_pack
+from support.tiny_sdxl import build_tiny_sdxl
 
 ENV_REQUIRE = "LAYERFUSION_REQUIRE_COMFYUI"
 ENV_THREADS = "LAYERFUSION_TEST_THREADS"
@@ -38,40 +43,40 @@ def _unavailable(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def comfy_host(tmp_path_factory: pytest.TempPathFactory) -> ch.ComfyHost:
+def comfy_host(tmp_path_factory: pytest.TempPathFactory) -> ComfyHost:
     """ComfyUI imported in library mode (CPU), with its input/output/temp folders moved to a
     session scratch folder. Attributes: root, how, version, nodes, folder_paths,
     model_management, model_patcher, patcher_extension, sample, samplers, sampler_helpers,
     supported_models, latent_preview, attention (comfy.ldm.modules.attention), io, ui,
     ComfyExtension."""
     try:
-        host = ch.import_comfyui(ch.find_comfyui())
-    except ch.ComfyUIUnavailable as exc:
+        host = import_comfyui(find_comfyui())
+    except ComfyUIUnavailable as exc:
         _unavailable(str(exc))
     host.use_scratch_folders(tmp_path_factory.mktemp("comfyui"))
     return host
 
 
 @pytest.fixture(autouse=True)
-def _host_test_environment(comfy_host: ch.ComfyHost) -> Iterator[None]:
+def _host_test_environment(comfy_host: ComfyHost) -> Iterator[None]:
     """Every host test needs ComfyUI (else it skips) and runs with few torch threads."""
-    with ch.torch_threads(int(os.environ.get(ENV_THREADS, "1"))):
+    with torch_threads(int(os.environ.get(ENV_THREADS, "1"))):
         yield
 
 
 @pytest.fixture(scope="session")
-def pack(comfy_host: ch.ComfyHost) -> ch.LoadedPack:
+def pack(comfy_host: ComfyHost) -> LoadedPack:
     """This repository loaded through ComfyUI's own ``nodes.load_custom_node`` (as ComfyUI does
     at startup for custom_nodes/). ``pack.node("LayerFusionX")`` gives the registered class,
     ``pack.node_ids`` all ids, ``pack.module`` the loaded root module. A failed load raises
     PackLoadError carrying ComfyUI's warning (the loader itself only logs)."""
-    return ch.load_pack(comfy_host, ch.REPO_ROOT)
+    return load_pack(comfy_host, REPO_ROOT)
 
 
 @pytest.fixture(scope="session")
-def make_tiny_sdxl(comfy_host: ch.ComfyHost) -> Callable[..., Any]:
+def make_tiny_sdxl(comfy_host: ComfyHost) -> Callable[..., Any]:
     """Factory ``make_tiny_sdxl(seed=0) -> ModelPatcher``: a fresh tiny random SDXL model."""
-    return ch.build_tiny_sdxl
+    return build_tiny_sdxl
 
 
 @pytest.fixture(scope="session")
@@ -82,10 +87,10 @@ def tiny_sdxl(make_tiny_sdxl: Callable[..., Any]) -> Any:
 
 
 @pytest.fixture
-def forced_split(comfy_host: ch.ComfyHost) -> Iterator[None]:
+def forced_split(comfy_host: ComfyHost) -> Iterator[None]:
     """While active, ComfyUI's cond batching sees almost no free memory, so cond and uncond
     go into separate UNet calls (negative first), as on a GPU short of memory."""
-    with ch.low_free_memory():
+    with low_free_memory():
         yield
 
 

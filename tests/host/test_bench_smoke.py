@@ -5,9 +5,9 @@ import re
 import subprocess
 import sys
 
-from support import comfy_host as ch
+from support.comfy_import import ENV_COMFYUI_PATH, REPO_ROOT
 
-BENCH = ch.REPO_ROOT / "tests" / "benchmarks" / "bench_triplet.py"
+BENCH = REPO_ROOT / "tests" / "benchmarks" / "bench_triplet.py"
 NUMBER = r"\d+\.\d\d"
 RATIOS = re.compile(
     rf"ratios: faithful {NUMBER} fast {NUMBER} faithful_vs_seq {NUMBER} fast_vs_seq {NUMBER} "
@@ -16,10 +16,10 @@ RATIOS = re.compile(
 
 
 def test_tiny_benchmark_prints_table_and_ratios_line(comfy_host):
-    env = {**os.environ, ch.ENV_COMFYUI_PATH: str(comfy_host.root)}
+    env = {**os.environ, ENV_COMFYUI_PATH: str(comfy_host.root)}
     done = subprocess.run(
         [sys.executable, str(BENCH), "--tiny", "--repeats", "1", "--steps", "2"],
-        cwd=ch.REPO_ROOT,
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,

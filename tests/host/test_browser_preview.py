@@ -8,8 +8,9 @@ layers), both made visible through ComfyUI's ``--extra-model-paths-config``; a r
 transparent decoder with the real shapes sits in a temporary ``layer_model`` folder.
 
 - every template is listed by ComfyUI, loads in the editor without missing nodes, and
-  re-serialises to the same widget values and links; its graph is screenshotted (into
-  ``workflows/<name>.jpg`` with LAYERFUSION_UPDATE_THUMBNAILS=1, else tests/artifacts/);
+  re-serialises to the same widget values and links; its shipped thumbnail
+  (``workflows/<name>.jpg``, made by tools/make_workflow_thumbnails.py) is served, and its
+  graph is screenshotted into tests/artifacts/ (this test never writes into workflows/);
 - the text-to-layers template runs (the frontend converts it; checkpoint and FG loader are
   swapped for the tiny stand-ins, 128x128, 2 steps) and the preview shows its layers;
 - synthetic layers check the checkerboard, each toggle, and that the preview widget stores
@@ -23,68 +24,35 @@ with the reason when either is missing.
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from safetensors.torch import save_file
-from support.comfy_host import REPO_ROOT, ComfyHost
-from support.comfy_server import ComfyServer, comfy_server
+from scratch_comfyui.editor import (
+    API,
+    APP,
+    PACK_NAME,
+    find_chromium,
+    graph_thumbnail,
+    load_template,
+    open_editor,
+    write_settings,
+)
+from scratch_comfyui.server import ComfyServer, comfy_server
+from support.comfy_import import REPO_ROOT, ComfyHost
 from support.tiny_stand_ins import SUBSTITUTES, random_decoder_state_dict
 
 from layerfusion_core.files.known import DEFAULT_DECODER_FILE
 
-PACK_NAME = "ComfyUI-LayerFusion"
 TEST_PACK_NAME = "layerfusion_test_nodes"
 WORKFLOWS = REPO_ROOT / "workflows"
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
-ENV_UPDATE_THUMBNAILS = "LAYERFUSION_UPDATE_THUMBNAILS"
-ENV_CHROMIUM = "LAYERFUSION_CHROMIUM"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-VIEWPORT = {"width": 2400, "height": 1200}
-THUMBNAIL_SIZE = (1200, 900)
 RUN_TIMEOUT_MS = 60_000
-# Frontend settings for a clean, reproducible editor: no first-run dialogs, no minimap, no
-# canvas info or zoom menu over the graph, full-detail drawing at thumbnail zoom.
-SETTINGS = {
-    "Comfy.TutorialCompleted": True,
-    "Comfy.Minimap.Visible": False,
-    "Comfy.Graph.CanvasInfo": False,
-    "Comfy.Graph.CanvasMenu": False,
-    "LiteGraph.Canvas.MinFontSizeForLOD": 1,
-    "Comfy.Workflow.ShowMissingModelsWarning": False,
-    "Comfy.Workflow.ShowMissingNodesWarning": False,
-}
-APP = "window.comfyAPI.app.app"
-API = "window.comfyAPI.api.api"
 
-
-def _chromium() -> str | None:
-    explicit = os.environ.get(ENV_CHROMIUM)
-    if explicit:
-        return explicit if Path(explicit).is_file() else None
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-CHROMIUM = _chromium()
+CHROMIUM = find_chromium()
 if CHROMIUM is None:
     pytest.skip(
         "browser test skipped: no chromium (apt-get install -y chromium, or set LAYERFUSION_CHROMIUM)",
@@ -97,7 +65,7 @@ if importlib.util.find_spec("playwright") is None:
         allow_module_level=True,
     )
 
-from playwright.sync_api import Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Page  # noqa: E402
 
 
 def shipped_workflows() -> list[str]:
@@ -129,9 +97,7 @@ def server(comfy_host: ComfyHost, tmp_path_factory: pytest.TempPathFactory) -> I
     layer_model = base / "layer_model"
     layer_model.mkdir()
     save_file(random_decoder_state_dict(), str(layer_model / DEFAULT_DECODER_FILE))
-    settings = base / "user" / "default" / "comfy.settings.json"
-    settings.parent.mkdir(parents=True)
-    settings.write_text(json.dumps(SETTINGS))
+    write_settings(base)
     with comfy_server(
         comfy_host.root,
         base,
@@ -146,118 +112,19 @@ def server(comfy_host: ComfyHost, tmp_path_factory: pytest.TempPathFactory) -> I
 def page(server: ComfyServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     profile = tmp_path_factory.mktemp("chromium_profile")
     errors: list[str] = []
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport=VIEWPORT,
+    node_types = ["LayerFusionSaveLayers", "LayerFusionTestSyntheticLayers"]
+    with open_editor(server.url, CHROMIUM, profile, node_types, errors.append) as tab:
+        tab.evaluate(
+            f"""() => {{
+                window.__layerfusion = {{ errors: [], executed: [] }};
+                {API}.addEventListener("execution_error", (e) => window.__layerfusion.errors.push(e.detail));
+                {API}.addEventListener("executed", (e) => window.__layerfusion.executed.push(e.detail));
+            }}"""
         )
-        try:
-            tab = context.pages[0] if context.pages else context.new_page()
-            tab.on("pageerror", lambda exc: errors.append(str(exc)))
-            tab.goto(server.url)
-            # The app object and its graph exist a moment before the node definitions are
-            # registered; a graph loaded in between gets placeholder nodes.
-            tab.wait_for_function(
-                """(types) => window.comfyAPI?.app?.app?.vueAppReady &&
-                    types.every((t) => window.LiteGraph?.registered_node_types?.[t])""",
-                arg=["LayerFusionSaveLayers", "LayerFusionTestSyntheticLayers"],
-                timeout=60_000,
-            )
-            tab.wait_for_timeout(500)
-            tab.evaluate(
-                f"""() => {{
-                    window.__layerfusion = {{ errors: [], executed: [] }};
-                    {API}.addEventListener("execution_error", (e) => window.__layerfusion.errors.push(e.detail));
-                    {API}.addEventListener("executed", (e) => window.__layerfusion.executed.push(e.detail));
-                }}"""
-            )
-            tab.layerfusion_errors = errors  # type: ignore[attr-defined]
-            yield tab
-        finally:
-            context.close()
+        tab.layerfusion_errors = errors  # type: ignore[attr-defined]
+        yield tab
     ours = [e for e in errors if "layerfusion" in e.lower()]
     assert not ours, f"uncaught errors from the LayerFusion extension: {ours}"
-
-
-def load_template(page: Page, name: str) -> dict[str, Any]:
-    """Load a template the way the templates dialog does (fetch it from ComfyUI's template
-    route, then app.loadGraphData); return the file's JSON as served."""
-    return page.evaluate(
-        f"""async (name) => {{
-            const response = await fetch({API}.apiURL(`/workflow_templates/{PACK_NAME}/${{name}}.json`));
-            if (!response.ok) throw new Error(`template ${{name}}: HTTP ${{response.status}}`);
-            const workflow = await response.json();
-            await {APP}.loadGraphData(workflow, true, false, name);
-            await new Promise((resolve) => setTimeout(resolve, 300));
-            return workflow;
-        }}""",
-        name,
-    )
-
-
-def graph_screenshot(page: Page, label: str) -> bytes:
-    """Fit the whole graph into the canvas, label the picture as a graph screenshot and
-    return it as PNG bytes (the canvas area only, no menus)."""
-    clip = page.evaluate(
-        f"""async (label) => {{
-            const app = {APP};
-            const canvas = app.canvas;
-            const rect = canvas.canvas.getBoundingClientRect();
-            let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
-            for (const node of app.graph.nodes) {{
-                const title = node.constructor.title_mode === 1 ? 0 : 30;  // LiteGraph title height
-                x0 = Math.min(x0, node.pos[0]);
-                y0 = Math.min(y0, node.pos[1] - title);
-                x1 = Math.max(x1, node.pos[0] + node.size[0]);
-                y1 = Math.max(y1, node.pos[1] + node.size[1]);
-            }}
-            const margin = 24, caption = 34;
-            const width = rect.width - 2 * margin, height = rect.height - 2 * margin - caption;
-            const scale = Math.min(width / (x1 - x0), height / (y1 - y0), 1.2);
-            canvas.ds.scale = scale;
-            canvas.ds.offset = [margin / scale - x0, (margin + caption) / scale - y0];
-            canvas.setDirty(true, true);
-            let note = document.getElementById("layerfusion-graph-label");
-            if (!note) {{
-                note = document.createElement("div");
-                note.id = "layerfusion-graph-label";
-                note.style.cssText = "position:fixed;z-index:10000;padding:6px 12px;border-radius:6px;" +
-                    "font:bold 18px sans-serif;color:#fff;background:#2f6fbf;pointer-events:none";
-                document.body.append(note);
-            }}
-            note.textContent = label;
-            note.style.left = `${{rect.x + margin}}px`;
-            note.style.top = `${{rect.y + 8}}px`;
-            await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
-            await new Promise((resolve) => setTimeout(resolve, 300));
-            return {{
-                x: rect.x, y: rect.y,
-                width: Math.min(rect.width, (x1 - x0) * scale + 2 * margin),
-                height: Math.min(rect.height, (y1 - y0) * scale + 2 * margin + caption),
-            }};
-        }}""",
-        label,
-    )
-    png = page.screenshot(clip=clip)
-    page.evaluate("() => document.getElementById('layerfusion-graph-label')?.remove()")
-    return png
-
-
-def to_thumbnail(png: bytes) -> bytes:
-    """Letterbox into THUMBNAIL_SIZE (4:3) on the canvas colour; JPEG."""
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    image.thumbnail(THUMBNAIL_SIZE, Image.Resampling.LANCZOS)
-    background = image.getpixel((image.width - 1, image.height - 1))
-    sheet = Image.new("RGB", THUMBNAIL_SIZE, background)
-    sheet.paste(image, ((THUMBNAIL_SIZE[0] - image.width) // 2, (THUMBNAIL_SIZE[1] - image.height) // 2))
-    out = io.BytesIO()
-    sheet.save(out, format="JPEG", quality=85, optimize=True)
-    return out.getvalue()
 
 
 def node_by_type(page: Page, class_type: str) -> int:
@@ -414,7 +281,7 @@ def save_artifact(name: str, data: bytes) -> Path:
 
 
 def test_extension_is_served_and_registered(page: Page, server: ComfyServer) -> None:
-    extensions = server.get_json("/extensions")
+    extensions = server.client.get_json("/extensions")
     ours = [e for e in extensions if e.startswith(f"/extensions/{PACK_NAME}/")]
     assert ours == [f"/extensions/{PACK_NAME}/layerfusion_preview.js"], extensions
     names = page.evaluate(f"() => {APP}.extensions.map((e) => e.name)")
@@ -423,7 +290,7 @@ def test_extension_is_served_and_registered(page: Page, server: ComfyServer) -> 
 
 @pytest.mark.parametrize("name", shipped_workflows())
 def test_template_is_listed_loads_and_round_trips(page: Page, server: ComfyServer, name: str) -> None:
-    assert name in server.get_json("/workflow_templates").get(PACK_NAME, [])
+    assert name in server.client.get_json("/workflow_templates").get(PACK_NAME, [])
     workflow = load_template(page, name)
     loaded = page.evaluate(
         f"""() => {{
@@ -446,14 +313,9 @@ def test_template_is_listed_loads_and_round_trips(page: Page, server: ComfyServe
         )
     assert sorted(map(tuple, loaded["saved"]["links"])) == sorted(map(tuple, workflow["links"]))
 
-    png = graph_screenshot(page, f"Workflow graph (editor screenshot, not a result): {name}")
-    thumbnail = to_thumbnail(png)
-    if os.environ.get(ENV_UPDATE_THUMBNAILS, "") not in ("", "0"):
-        (WORKFLOWS / f"{name}.jpg").write_bytes(thumbnail)
-    else:
-        save_artifact(f"{name}.graph.jpg", thumbnail)
+    save_artifact(f"{name}.graph.jpg", graph_thumbnail(page, name))
     shipped = WORKFLOWS / f"{name}.jpg"
-    assert shipped.is_file(), f"{name}.jpg is missing: run this test with {ENV_UPDATE_THUMBNAILS}=1"
+    assert shipped.is_file(), f"{name}.jpg is missing: run tools/make_workflow_thumbnails.py {name}"
     served = page.evaluate(
         f"""async (name) => {{
             const r = await fetch({API}.apiURL(`/workflow_templates/{PACK_NAME}/${{name}}.jpg`));
@@ -660,7 +522,7 @@ def test_preview_steps_through_the_triplets_of_a_batch(page: Page, server: Comfy
 
 
 def test_thumbnails_are_labelled_graph_screenshots() -> None:
-    """Each shipped workflow has a same-name JPEG thumbnail (made by this module)."""
+    """Each shipped workflow has a same-name JPEG thumbnail (made by tools/make_workflow_thumbnails.py)."""
     for name in shipped_workflows():
         data = (WORKFLOWS / f"{name}.jpg").read_bytes()
         assert data[:3] == b"\xff\xd8\xff", f"{name}.jpg is not a JPEG"

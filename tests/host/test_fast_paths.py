@@ -3,8 +3,8 @@
 import pytest
 import torch
 from host.test_triplet_runtime import BG, BL, FG, NO_BLEND, conds, run
-from support import comfy_host as ch
 from support.fg_tiny import tiny_fg_weights, tiny_lora_state_dict
+from support.host_probes import record_unet_calls
 
 from layerfusion_core.comfy_runtime.patching import patch_model
 from layerfusion_core.comfy_runtime.sampling import model_unet_layout
@@ -72,7 +72,7 @@ def test_fg_weights_leave_bg_and_blended_bit_identical(tiny_sdxl, application):
 
 
 def prior_passes(model, options, steps=4):
-    probe, calls = ch.record_unet_calls(model)
+    probe, calls = record_unet_calls(model)
     result = run(probe, options, steps=steps)
     assert torch.isfinite(result.latents[BL]).all()
     return len([c for c in calls if c.batch == 1]), len(calls), result

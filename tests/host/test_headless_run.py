@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from support.comfy_host import REPO_ROOT, ComfyHost
-from support.comfy_server import ComfyServer, comfy_server, free_port
+from scratch_comfyui.server import ComfyServer, comfy_server, free_port
+from support.comfy_import import REPO_ROOT, ComfyHost
 
 RUN = REPO_ROOT / "tools" / "layerfusion_run.py"
 

@@ -10,20 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from support.comfy_host import (
-    TINY_SDXL_BLOCKS,
-    TINY_SDXL_DIM_HEAD,
-    PackLoadError,
-    UNetCall,
-    find_comfyui,
-    load_pack,
-    low_free_memory,
-    make_cond,
-    make_latent,
-    record_unet_calls,
-    run_node,
-    unload_pack,
-)
+from support.comfy_import import find_comfyui
+from support.host_probes import UNetCall, low_free_memory, record_unet_calls
+from support.pack_loading import PackLoadError, load_pack, run_node, unload_pack
+from support.tiny_sdxl import TINY_SDXL_BLOCKS, TINY_SDXL_DIM_HEAD, make_cond, make_latent
 
 STEPS = 3
 

@@ -7,7 +7,8 @@ import pickle
 import pytest
 import torch
 from safetensors.torch import save_file
-from support import comfy_host as ch
+from support.pack_loading import run_node
+from support.tiny_sdxl import make_cond, make_latent
 from support.tiny_stand_ins import random_decoder_state_dict
 
 from layerfusion_core.architectures.sdxl import SDXL
@@ -46,7 +47,7 @@ FIRST_KEY = f"diffusion_model.{SDXL.projections[3].ldm_path}.weight::lora::0"
 
 
 def load(pack, node, **inputs):
-    return ch.run_node(pack.node(node), **inputs).result[0]
+    return run_node(pack.node(node), **inputs).result[0]
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
@@ -127,7 +128,7 @@ def test_option_nodes_refuse_non_finite_numbers(pack, layer_model_dir, value):
     }  # fmt: skip
     for name in ("coefficient", "threshold"):
         with pytest.raises(ValueError, match=f"LayerFusionMaskBlender: {name}: expected a finite number"):
-            ch.run_node(blender, **{**defaults, name: value})
+            run_node(blender, **{**defaults, name: value})
     save_file(sdxl_lora(), layer_model_dir / "ok_attn.safetensors")
     with pytest.raises(ValueError, match="strength: expected a finite number"):
         load(pack, FG_LOADER, weights_name="ok_attn.safetensors", strength=value, application="on_the_fly")
@@ -138,9 +139,9 @@ def test_triplet_sampler_refuses_non_finite_cfg_and_denoise(pack, tiny_sdxl, nam
     from support.fg_tiny import tiny_fg_weights
 
     inputs = {
-        "model": tiny_sdxl, "fg_weights": tiny_fg_weights(tiny_sdxl), "fg": ch.make_cond(1), "bg": ch.make_cond(2),
-        "blended": ch.make_cond(3), "negative": ch.make_cond(4), "latent_image": ch.make_latent(1), "seed": 0,
+        "model": tiny_sdxl, "fg_weights": tiny_fg_weights(tiny_sdxl), "fg": make_cond(1), "bg": make_cond(2),
+        "blended": make_cond(3), "negative": make_cond(4), "latent_image": make_latent(1), "seed": 0,
         "steps": 1, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
     }  # fmt: skip
     with pytest.raises(ValueError, match=f"{name}: expected a finite number, got nan"):
-        ch.run_node(pack.node("LayerFusionTripletSampler"), **{**inputs, name: math.nan})
+        run_node(pack.node("LayerFusionTripletSampler"), **{**inputs, name: math.nan})

@@ -5,8 +5,8 @@ import logging
 
 import pytest
 import torch
-from support import comfy_host as ch
 from support.fg_tiny import tiny_fg_weights
+from support.tiny_sdxl import make_cond, make_latent
 from support.tiny_variants import build_tiny_sdxl_inpaint
 
 from layerfusion_core.comfy_runtime import RunPlan, SamplerSettings, sample_triplet
@@ -27,9 +27,9 @@ NO_BLEND = LayerFusionOptions(
 
 
 def conds(negative=None):
-    fg, bg, bl = (ch.make_cond(s) for s in (1, 2, 3))
+    fg, bg, bl = (make_cond(s) for s in (1, 2, 3))
     fg[0][1]["layerfusion_eos_index"] = 6
-    return fg, bg, bl, negative if negative is not None else ch.make_cond(4)
+    return fg, bg, bl, negative if negative is not None else make_cond(4)
 
 
 DEFAULT = LayerFusionOptions()
@@ -39,7 +39,7 @@ def run(model, options=DEFAULT, latent=None, negative=None, weights="tiny", step
     fg, bg, bl, neg = conds(negative)
     if weights == "tiny":
         weights = tiny_fg_weights(model)
-    latent = latent if latent is not None else ch.make_latent(1)
+    latent = latent if latent is not None else make_latent(1)
     return sample_triplet(
         model,
         weights,
@@ -98,14 +98,14 @@ def test_inpainting_prior_pass_sees_the_fg_rows_of_the_main_input(inpaint_model)
 
 
 def area_negative():
-    neg = ch.make_cond(4)
+    neg = make_cond(4)
     neg[0][1]["area"] = (8, 8, 0, 0)
     neg[0][1]["strength"] = 1.0
     return neg
 
 
 def bounded_mask_negative():
-    neg = ch.make_cond(4)
+    neg = make_cond(4)
     mask = torch.zeros(1, 16, 16)
     mask[:, :8, :8] = 1.0
     neg[0][1].update({"mask": mask, "set_area_to_bounds": True, "mask_strength": 1.0})
@@ -119,7 +119,7 @@ def test_negative_restricted_to_an_area_is_refused_by_name(tiny_sdxl, negative):
 
 
 def test_negative_with_a_full_size_mask_still_runs(tiny_sdxl):
-    neg = ch.make_cond(4)
+    neg = make_cond(4)
     neg[0][1].update({"mask": torch.ones(1, 16, 16), "mask_strength": 1.0})
     result = run(tiny_sdxl, negative=neg, steps=1)
     assert torch.isfinite(result.latents[BL]).all()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from support import comfy_host as ch
+from support.pack_loading import run_node
 
 
 def triplet(batch: int = 2, seed: int = 3) -> dict[str, torch.Tensor]:
@@ -20,7 +20,7 @@ def triplet(batch: int = 2, seed: int = 3) -> dict[str, torch.Tensor]:
 
 
 def save(pack, prefix, seed=3, **kw):
-    return ch.run_node(
+    return run_node(
         pack.node("LayerFusionSaveLayers"), **triplet(seed=seed), filename_prefix=prefix, save_psd=False, **kw
     )
 
@@ -71,7 +71,7 @@ def test_a_failed_write_leaves_no_part_of_that_triplet_and_old_files_untouched(
 def test_a_prefix_that_fits_the_name_limit_saves(comfy_host, pack, tmp_path):
     longest = "_00001_soft_mask.png"
     name = "x" * (255 - len(longest))
-    ch.run_node(
+    run_node(
         pack.node("LayerFusionSaveLayers"), **triplet(batch=1), soft_mask=torch.rand(1, 8, 12),
         filename_prefix=f"{tmp_path.name}/{name}", save_psd=False,
     )  # fmt: skip
@@ -84,7 +84,7 @@ def test_a_prefix_that_fits_the_name_limit_saves(comfy_host, pack, tmp_path):
 
 def test_masks_and_psd_are_reported_for_clients_that_fetch_every_file(comfy_host, pack, tmp_path):
     pytest.importorskip("psd_tools")
-    out = ch.run_node(
+    out = run_node(
         pack.node("LayerFusionSaveLayers"), **triplet(batch=1), soft_mask=torch.rand(1, 8, 12),
         hard_mask=torch.rand(1, 8, 12), filename_prefix=f"{tmp_path.name}/r", save_psd=True,
     )  # fmt: skip

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from support import comfy_host as ch
+from support.pack_loading import run_node
 
 from layerfusion_core.files.known import DEFAULT_DECODER_FILE
 from layerfusion_core.models.transparent_vae import expected_state_dict_shapes
@@ -63,7 +63,7 @@ def layer_dir(pack, comfy_host, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def decoder(pack, layer_dir):
-    return ch.run_node(
+    return run_node(
         pack.node("LayerFusionTransparentDecoderLoader"), decoder_name=DEFAULT_DECODER_FILE
     ).result[0]
 
@@ -128,19 +128,19 @@ def test_loader_wraps_the_decoder_in_a_model_patcher(comfy_host, decoder):
 
 def test_loader_warns_for_an_sd15_file(pack, layer_dir, caplog):
     with caplog.at_level(logging.WARNING):
-        ch.run_node(pack.node("LayerFusionTransparentDecoderLoader"), decoder_name=SD15_NAME)
+        run_node(pack.node("LayerFusionTransparentDecoderLoader"), decoder_name=SD15_NAME)
     assert any("SD1.5" in r.getMessage() and SD15_NAME in r.getMessage() for r in caplog.records)
 
 
 def test_loader_refuses_wrong_keys_naming_file_and_key(pack, layer_dir):
     with pytest.raises(ValueError, match=BROKEN_NAME) as info:
-        ch.run_node(pack.node("LayerFusionTransparentDecoderLoader"), decoder_name=BROKEN_NAME)
+        run_node(pack.node("LayerFusionTransparentDecoderLoader"), decoder_name=BROKEN_NAME)
     assert "not_a_decoder.weight" in str(info.value) and "missing keys" in str(info.value)
 
 
 def test_loader_missing_file_says_where_to_download(pack, layer_dir):
     with pytest.raises(FileNotFoundError, match="decoder_name") as info:
-        ch.run_node(pack.node("LayerFusionTransparentDecoderLoader"), decoder_name=DIFFUSERS_DECODER)
+        run_node(pack.node("LayerFusionTransparentDecoderLoader"), decoder_name=DIFFUSERS_DECODER)
     assert (
         f"https://huggingface.co/lllyasviel/LayerDiffuse_Diffusers/resolve/main/{DIFFUSERS_DECODER}"
         in str(info.value)
@@ -152,7 +152,7 @@ def test_loader_missing_file_says_where_to_download(pack, layer_dir):
 
 def test_decode_outputs_comfyui_layouts(comfy_host, pack, decoder):
     latent, image = fg_inputs(batch=2)
-    rgba, rgb, mask = ch.run_node(
+    rgba, rgb, mask = run_node(
         pack.node("LayerFusionTransparentDecode"),
         decoder=decoder,
         latent=latent,
@@ -189,7 +189,7 @@ def test_decode_tta_reports_progress_per_pass(pack, decoder, monkeypatch):
 
     monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", recording)
     latent, image = fg_inputs(batch=2, seed=1)
-    rgba, _, _ = ch.run_node(
+    rgba, _, _ = run_node(
         pack.node("LayerFusionTransparentDecode"),
         decoder=decoder,
         latent=latent,
@@ -207,7 +207,7 @@ def test_decode_honours_cancel(comfy_host, pack, decoder):
     mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            ch.run_node(
+            run_node(
                 pack.node("LayerFusionTransparentDecode"),
                 decoder=decoder,
                 latent=latent,
@@ -242,7 +242,7 @@ def test_decode_honours_cancel(comfy_host, pack, decoder):
 )
 def test_decode_validates_inputs(pack, decoder, latent, image, message):
     with pytest.raises(ValueError, match=message):
-        ch.run_node(
+        run_node(
             pack.node("LayerFusionTransparentDecode"),
             decoder=decoder,
             latent=latent,
@@ -261,7 +261,7 @@ def test_composite_node(pack):
     fg[..., 0] = 1.0
     fg[..., 3] = 1.0
     bg = torch.zeros(2, 8, 8, 3)
-    (out,) = ch.run_node(node, foreground=fg, background=bg, x_offset=2, y_offset=-1, scale=1.0).result
+    (out,) = run_node(node, foreground=fg, background=bg, x_offset=2, y_offset=-1, scale=1.0).result
     assert out.shape == (2, 8, 8, 3)
     expected = torch.zeros(8, 8)
     expected[0:3, 2:6] = 1.0
@@ -270,7 +270,7 @@ def test_composite_node(pack):
     assert [i.id for i in schema.inputs] == ["foreground", "background", "x_offset", "y_offset", "scale"]
     assert all(i.tooltip for i in schema.inputs)
     with pytest.raises(ValueError, match="connect the rgba output"):
-        ch.run_node(node, foreground=bg, background=bg, x_offset=0, y_offset=0, scale=1.0)
+        run_node(node, foreground=bg, background=bg, x_offset=0, y_offset=0, scale=1.0)
 
 
 # --- save ----------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ def test_save_writes_grouped_pngs_with_alpha_metadata_and_ui(comfy_host, pack, t
     layers = triplet()
     soft = torch.rand(2, 16, 24, generator=torch.Generator().manual_seed(4))
     prefix = f"{tmp_path.name}/layers"
-    out = ch.run_node(
+    out = run_node(
         pack.node("LayerFusionSaveLayers"),
         hidden={"PROMPT": PROMPT, "EXTRA_PNGINFO": {"workflow": WORKFLOW}},
         **layers,
@@ -332,7 +332,7 @@ def test_save_writes_grouped_pngs_with_alpha_metadata_and_ui(comfy_host, pack, t
 
     # The counter continues after the existing triplets; a batch of 1 is used for every triplet.
     one_bg = {**triplet(), "background": triplet(1)["background"]}
-    ch.run_node(pack.node("LayerFusionSaveLayers"), **one_bg, filename_prefix=prefix, save_psd=False)
+    run_node(pack.node("LayerFusionSaveLayers"), **one_bg, filename_prefix=prefix, save_psd=False)
     with Image.open(folder / "layers_00004_bg.png") as bg, Image.open(folder / "layers_00003_bg.png") as bg3:
         assert np.array_equal(np.asarray(bg), np.asarray(bg3))
         assert "prompt" not in bg.text  # no hidden inputs given: no metadata
@@ -342,7 +342,7 @@ def test_save_writes_grouped_pngs_with_alpha_metadata_and_ui(comfy_host, pack, t
 def test_save_psd_option(comfy_host, pack, tmp_path):
     psd_tools = pytest.importorskip("psd_tools", reason='optional: pip install "psd-tools>=1.14.3,<2"')
     layers = triplet(1)
-    ch.run_node(
+    run_node(
         pack.node("LayerFusionSaveLayers"), **layers, filename_prefix=f"{tmp_path.name}/p", save_psd=True
     )
     folder = Path(comfy_host.folder_paths.get_output_directory()) / tmp_path.name
@@ -366,16 +366,14 @@ def test_save_refuses_bad_inputs_before_writing(comfy_host, pack, tmp_path):
     prefix = f"{tmp_path.name}/bad"
     layers = triplet()
     with pytest.raises(ValueError, match="connect the rgba output"):
-        ch.run_node(
+        run_node(
             node, **{**layers, "foreground": layers["background"]}, filename_prefix=prefix, save_psd=False
         )
     with pytest.raises(
         ValueError, match=r"batch: expected equal batch sizes.*got foreground 2, background 2, blended 3"
     ):
-        ch.run_node(
-            node, **{**layers, "blended": triplet(3)["blended"]}, filename_prefix=prefix, save_psd=False
-        )
+        run_node(node, **{**layers, "blended": triplet(3)["blended"]}, filename_prefix=prefix, save_psd=False)
     small = {**layers, "blended": layers["blended"][:, :8]}
     with pytest.raises(ValueError, match=r"blended: expected 24x16 \(the size of background\), got 24x8"):
-        ch.run_node(node, **small, filename_prefix=prefix, save_psd=True)
+        run_node(node, **small, filename_prefix=prefix, save_psd=True)
     assert not (Path(comfy_host.folder_paths.get_output_directory()) / tmp_path.name).exists()

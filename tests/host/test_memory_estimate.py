@@ -4,8 +4,8 @@ model it loads and counts, and the extra attention work scales its estimates."""
 import math
 
 import pytest
-from support import comfy_host as ch
 from support.fg_tiny import tiny_fg_weights
+from support.host_probes import low_free_memory, record_unet_calls
 from support.triplet_runs import NO_BLEND, conds, plain, run
 
 from layerfusion_core.comfy_runtime.memory import attention_row_factor
@@ -74,8 +74,8 @@ def test_cond_batching_decision_sees_the_extra_rows(make_tiny_sdxl):
     needed = model.model.memory_required([rows, 4, 16, 16]) * 1.5
     # Enough for a plain batch of 6 rows, not for LayerFusion's 6 rows worth 10.
     free = int(needed * (1 + SHARING_FACTOR) / 2)
-    probe, calls = ch.record_unet_calls(model)
-    with ch.low_free_memory(free_bytes=free):
+    probe, calls = record_unet_calls(model)
+    with low_free_memory(free_bytes=free):
         plain(probe, conds()[0], images=3)
         assert {c.batch for c in calls} == {6}
         calls.clear()

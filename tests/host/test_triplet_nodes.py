@@ -5,8 +5,9 @@ import logging
 import pytest
 import torch
 from safetensors.torch import save_file
-from support import comfy_host as ch
 from support.fg_tiny import tiny_fg_weights
+from support.pack_loading import run_node
+from support.tiny_sdxl import make_cond, make_latent
 
 from layerfusion_core.architectures.sdxl import SDXL
 
@@ -51,14 +52,14 @@ class TokenizingCLIP:
 def test_text_encode_records_the_global_eos_index(pack):
     node = pack.node("LayerFusionTextEncode")
     clip = TokenizingCLIP()
-    fg, bg, _ = result(ch.run_node(node, clip=clip, fg_text="a red apple", bg_text="a wooden table"))
+    fg, bg, _ = result(run_node(node, clip=clip, fg_text="a red apple", bg_text="a wooden table"))
     # <start> a red apple <end>: EOS at position 4 of the only window
     assert fg[0][1]["layerfusion_eos_index"] == 4
     assert "layerfusion_eos_index" not in bg[0][1]
     long_text = ", ".join(["a very detailed red apple"] * 20)  # > 75 tokens: several windows
     tokens = clip.tokenize(long_text)["g"]
     assert len(tokens) >= 2
-    (fg_long, _, _) = result(ch.run_node(node, clip=clip, fg_text=long_text, bg_text="table"))
+    (fg_long, _, _) = result(run_node(node, clip=clip, fg_text=long_text, bg_text="table"))
     eos = fg_long[0][1]["layerfusion_eos_index"]
     window, position = divmod(eos, 77)
     assert window == len(tokens) - 1 and tokens[window][position][0] == 49407
@@ -74,10 +75,10 @@ def test_text_encode_default_blended_prompt(pack):
             seen.append(text)
             return super().tokenize(text)
 
-    ch.run_node(pack.node("LayerFusionTextEncode"), clip=Recording(), fg_text="a cat", bg_text="a sofa")
+    run_node(pack.node("LayerFusionTextEncode"), clip=Recording(), fg_text="a cat", bg_text="a sofa")
     assert seen == ["a cat", "a sofa", "a cat, a sofa"]
     with pytest.raises(ValueError, match="fg_text"):
-        ch.run_node(pack.node("LayerFusionTextEncode"), clip=Recording(), fg_text="  ", bg_text="a sofa")
+        run_node(pack.node("LayerFusionTextEncode"), clip=Recording(), fg_text="  ", bg_text="a sofa")
 
 
 @pytest.fixture
@@ -101,7 +102,7 @@ def test_foreground_loader_reads_an_sdxl_lora_and_refuses_bad_files(pack, layer_
     save_file(sd, layer_model_dir / "layer_xl_transparent_attn.safetensors")
     node = pack.node("LayerFusionForegroundLoader")
     (weights,) = result(
-        ch.run_node(
+        run_node(
             node, weights_name="layer_xl_transparent_attn.safetensors", strength=0.5, application="merged"
         )
     )
@@ -112,13 +113,13 @@ def test_foreground_loader_reads_an_sdxl_lora_and_refuses_bad_files(pack, layer_
     )
     save_file(sd, layer_model_dir / "broken_attn.safetensors")
     with pytest.raises(ValueError, match=r"weights_name: broken_attn.safetensors .*ff\.net\.0\.proj"):
-        ch.run_node(node, weights_name="broken_attn.safetensors", strength=1.0, application="on_the_fly")
+        run_node(node, weights_name="broken_attn.safetensors", strength=1.0, application="on_the_fly")
     with pytest.raises(ValueError, match="conv-injection"):
-        ch.run_node(
+        run_node(
             node, weights_name="layer_xl_transparent_conv.safetensors", strength=1.0, application="on_the_fly"
         )
     with pytest.raises(ValueError, match=r"Stable Diffusion 1\.5"):
-        ch.run_node(
+        run_node(
             node,
             weights_name="layer_sd15_transparent_attn.safetensors",
             strength=1.0,
@@ -128,13 +129,13 @@ def test_foreground_loader_reads_an_sdxl_lora_and_refuses_bad_files(pack, layer_
         FileNotFoundError,
         match=r"ld_diffusers_sdxl_attn.safetensors was not found.*huggingface.co/lllyasviel",
     ):
-        ch.run_node(
+        run_node(
             node, weights_name="ld_diffusers_sdxl_attn.safetensors", strength=1.0, application="on_the_fly"
         )
 
 
 def test_option_nodes_build_options_and_name_bad_values(pack):
-    (prior,) = result(ch.run_node(
+    (prior,) = result(run_node(
         pack.node("LayerFusionPriorExtractor"), structure_layer="output.4.1", formula="negative_entropy",
         orientation="auto", timing="previous", content_timing="previous", auto_vote_evaluations=2, chunk_size=256,
     ))  # fmt: skip
@@ -145,21 +146,21 @@ def test_option_nodes_build_options_and_name_bad_values(pack):
         coefficient=8.0, threshold=0.4, mode="generative", layers="middle,output", self_attention=True,
         cross_attention=False, start_percent=0.1, end_percent=0.9, sharing="bidirectional",
     )  # fmt: skip
-    (blend,) = result(ch.run_node(pack.node("LayerFusionMaskBlender"), **blend_inputs))
+    (blend,) = result(run_node(pack.node("LayerFusionMaskBlender"), **blend_inputs))
     assert blend.layers.contains(("middle", 0, 0)) and not blend.layers.contains(("input", 4, 0))
     assert blend.sharing == "bidirectional" and blend.layers.cross_attention is False
     with pytest.raises(ValueError, match="LayerFusionMaskBlender: layers"):
-        ch.run_node(pack.node("LayerFusionMaskBlender"), **{**blend_inputs, "layers": "decoder"})
+        run_node(pack.node("LayerFusionMaskBlender"), **{**blend_inputs, "layers": "decoder"})
     with pytest.raises(ValueError, match="start_percent"):
-        ch.run_node(pack.node("LayerFusionMaskBlender"), **{**blend_inputs, "start_percent": 0.95})
+        run_node(pack.node("LayerFusionMaskBlender"), **{**blend_inputs, "start_percent": 0.95})
 
 
 def sampler_inputs(model, **overrides):
-    fg, bg, bl, neg = (ch.make_cond(s) for s in (1, 2, 3, 4))
+    fg, bg, bl, neg = (make_cond(s) for s in (1, 2, 3, 4))
     fg[0][1]["layerfusion_eos_index"] = 5
     inputs = dict(
         model=model, fg_weights=tiny_fg_weights(model), fg=fg, bg=bg, blended=bl, negative=neg,
-        latent_image=ch.make_latent(2), seed=3, steps=2, cfg=6.0, sampler_name="euler_ancestral",
+        latent_image=make_latent(2), seed=3, steps=2, cfg=6.0, sampler_name="euler_ancestral",
         scheduler="karras", denoise=1.0,
     )  # fmt: skip
     inputs.update(overrides)
@@ -168,11 +169,11 @@ def sampler_inputs(model, **overrides):
 
 def test_sampler_node_gives_three_latents_and_masks(pack, tiny_sdxl):
     node = pack.node("LayerFusionTripletSampler")
-    (blend,) = result(ch.run_node(
+    (blend,) = result(run_node(
         pack.node("LayerFusionMaskBlender"), coefficient=10.0, threshold=0.5, mode="generative", layers="all",
         self_attention=True, cross_attention=True, start_percent=0.0, end_percent=1.0, sharing="masked",
     ))  # fmt: skip
-    out = result(ch.run_node(node, **sampler_inputs(tiny_sdxl), blend_options=blend))
+    out = result(run_node(node, **sampler_inputs(tiny_sdxl), blend_options=blend))
     fg, bg, blended, soft, hard = out
     for latent in (fg, bg, blended):
         assert latent["samples"].shape == (2, 4, 16, 16) and torch.isfinite(latent["samples"]).all()
@@ -182,10 +183,10 @@ def test_sampler_node_gives_three_latents_and_masks(pack, tiny_sdxl):
 
 
 def test_sampler_node_warns_without_eos_index(pack, tiny_sdxl, caplog):
-    inputs = sampler_inputs(tiny_sdxl, latent_image=ch.make_latent(1))
-    inputs["fg"] = ch.make_cond(1)  # as a plain CLIPTextEncode gives
+    inputs = sampler_inputs(tiny_sdxl, latent_image=make_latent(1))
+    inputs["fg"] = make_cond(1)  # as a plain CLIPTextEncode gives
     with caplog.at_level(logging.WARNING):
-        out = result(ch.run_node(pack.node("LayerFusionTripletSampler"), **inputs))
+        out = result(run_node(pack.node("LayerFusionTripletSampler"), **inputs))
     assert "no EOS index" in caplog.text
     assert torch.isfinite(out[2]["samples"]).all()
 
@@ -230,9 +231,9 @@ def test_foreground_loader_auto_download_from_a_local_server(
         node = pack.node("LayerFusionForegroundLoader")
         name = "layer_xl_transparent_attn.safetensors"
         with pytest.raises(FileNotFoundError, match="was not found"):
-            ch.run_node(node, weights_name=name, strength=1.0, application="on_the_fly")
+            run_node(node, weights_name=name, strength=1.0, application="on_the_fly")
         (weights,) = result(
-            ch.run_node(node, weights_name=name, strength=1.0, application="on_the_fly", auto_download=True)
+            run_node(node, weights_name=name, strength=1.0, application="on_the_fly", auto_download=True)
         )
         assert len(weights.deltas) == 560
         assert hashlib.sha256((layer_model_dir / name).read_bytes()).hexdigest() == digest

@@ -4,8 +4,10 @@ import dataclasses
 
 import pytest
 import torch
-from support import comfy_host as ch
 from support.fg_tiny import tiny_fg_weights
+from support.host_probes import low_free_memory, record_unet_calls
+from support.pack_loading import run_node
+from support.tiny_sdxl import make_latent
 from support.triplet_runs import BG, BL, DEFAULT, FG, NO_BLEND, assert_same, conds, plain, run
 
 from layerfusion_core.comfy_runtime import RunPlan, SamplerSettings, sample_triplet
@@ -82,7 +84,7 @@ def test_prior_options_run_and_differ_from_default(tiny_sdxl, prior):
 
 
 def test_previous_timing_runs_one_prior_pass_only(tiny_sdxl):
-    model, calls = ch.record_unet_calls(tiny_sdxl)
+    model, calls = record_unet_calls(tiny_sdxl)
     run(model, LayerFusionOptions(prior=PriorOptions(timing=PriorTiming.PREVIOUS)), steps=3)
     fg_only = [c for c in calls if c.batch == 1]
     assert len(fg_only) == 1 and len(calls) == 4
@@ -92,7 +94,7 @@ def test_previous_timing_runs_one_prior_pass_only(tiny_sdxl):
 
 
 def test_alpha_mode_samples_two_streams_and_no_prior_pass(tiny_sdxl):
-    model, calls = ch.record_unet_calls(tiny_sdxl)
+    model, calls = record_unet_calls(tiny_sdxl)
     result = run(model, LayerFusionOptions(blend=BlendOptions(mode=BlendMode.ALPHA)))
     assert {c.batch for c in calls} == {4}  # FG + BG, cond and uncond; no FG-only pass
     assert torch.equal(result.latents[BL], result.latents[BG])
@@ -100,7 +102,7 @@ def test_alpha_mode_samples_two_streams_and_no_prior_pass(tiny_sdxl):
 
 
 def test_cfg_one_runs_without_negative_chunk(tiny_sdxl):
-    model, calls = ch.record_unet_calls(tiny_sdxl)
+    model, calls = record_unet_calls(tiny_sdxl)
     result = run(model, cfg=1.0)
     assert all(c.cond_or_uncond == (0,) for c in calls)
     assert torch.isfinite(result.latents[BL]).all()
@@ -112,7 +114,7 @@ def test_two_triplets_in_one_batch_do_not_interact(tiny_sdxl):
     weights = tiny_fg_weights(tiny_sdxl)
     results = []
     for other in (1, 5):
-        latent = ch.make_latent(2)
+        latent = make_latent(2)
         latent["batch_index"] = [0, other]
         results.append(
             sample_triplet(
@@ -132,8 +134,8 @@ def test_two_triplets_in_one_batch_do_not_interact(tiny_sdxl):
 
 def test_cond_and_uncond_in_separate_calls_give_the_same_result(tiny_sdxl):
     together = run(tiny_sdxl)
-    model, calls = ch.record_unet_calls(tiny_sdxl)
-    with ch.low_free_memory():
+    model, calls = record_unet_calls(tiny_sdxl)
+    with low_free_memory():
         split = run(model)
     chunks = {c.cond_or_uncond for c in calls}
     assert (1,) in chunks and (0,) in chunks and (1, 0) not in chunks
@@ -196,7 +198,7 @@ def test_pag_chained_before_layerfusion_still_works(tiny_sdxl, comfy_host):
     import importlib
 
     pag = importlib.import_module("comfy_extras.nodes_pag").PerturbedAttentionGuidance
-    model = ch.run_node(pag, model=tiny_sdxl, scale=3.0)
+    model = run_node(pag, model=tiny_sdxl, scale=3.0)
     model = model[0] if isinstance(model, (tuple, list)) else model
     model = getattr(model, "result", (model,))[0] if not hasattr(model, "clone") else model
     with_pag = run(model)
@@ -212,14 +214,14 @@ def test_errors_name_the_input(tiny_sdxl):
         sample_triplet(
             tiny_sdxl,
             None,
-            RunPlan.triplet(fg, bg, bl, neg, ch.make_latent(1), DEFAULT),
+            RunPlan.triplet(fg, bg, bl, neg, make_latent(1), DEFAULT),
             SamplerSettings(0, 2, 5.0, "euler", "normal"),
         )
     with pytest.raises(ValueError, match="blended conditioning: expected one conditioning entry, got 2"):
         sample_triplet(
             tiny_sdxl,
             None,
-            RunPlan.triplet(fg, conds()[1], bl + bl, neg, ch.make_latent(1), DEFAULT),
+            RunPlan.triplet(fg, conds()[1], bl + bl, neg, make_latent(1), DEFAULT),
             SamplerSettings(0, 2, 5.0, "euler", "normal"),
         )
     from layerfusion_core.architectures.sdxl import SDXL
@@ -238,7 +240,7 @@ def test_errors_name_the_input(tiny_sdxl):
         sample_triplet(
             NotSDXL(),
             None,
-            RunPlan.triplet(fg, conds()[1], bl, neg, ch.make_latent(1), DEFAULT),
+            RunPlan.triplet(fg, conds()[1], bl, neg, make_latent(1), DEFAULT),
             SamplerSettings(0, 2, 5.0, "euler", "normal"),
         )
 

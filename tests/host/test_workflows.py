@@ -4,8 +4,8 @@ widget values are valid for their inputs, the defaults are METHOD.md's; then Com
 prompt validation and execution engine run them with the tiny random SDXL model standing in
 for the checkpoint and the FG weights file (tests/support/tiny_stand_ins.py).
 
-The UI -> API conversion is tools/comfy_api_format.py's (the headless runner's), fed with
-/object_info computed in-process exactly as ComfyUI's server computes it.
+The UI -> API conversion is the headless runner's (tools/layerfusion_headless/ui_to_api.py),
+fed with /object_info computed in-process exactly as ComfyUI's server computes it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import copy
 import importlib.util
 import json
 import re
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,19 +22,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from layerfusion_headless import overrides, widgets
+from layerfusion_headless import ui_to_api as api_format
 from PIL import Image
 from safetensors.torch import save_file
-from support.comfy_host import REPO_ROOT, ComfyHost, prompt_executor
+from support.comfy_import import REPO_ROOT, ComfyHost
 from support.object_info import object_info
+from support.pack_loading import prompt_executor
 from support.tiny_stand_ins import random_decoder_state_dict, registered, substitute
 
 from layerfusion_core.files.known import DEFAULT_DECODER_FILE
-
-TOOLS = REPO_ROOT / "tools"
-if str(TOOLS) not in sys.path:
-    sys.path.insert(0, str(TOOLS))
-
-import comfy_api_format as caf  # noqa: E402
 
 WORKFLOWS = REPO_ROOT / "workflows"
 README = REPO_ROOT / "README.md"
@@ -137,7 +133,7 @@ def test_links_join_matching_types(info, path: Path) -> None:
 def test_required_sockets_are_connected(info, path: Path) -> None:
     for node in executing_nodes(load(path)):
         linked = {s["name"] for s in node.get("inputs", []) if s.get("link") is not None}
-        for spec in caf.node_inputs(info[node["type"]]):
+        for spec in widgets.node_inputs(info[node["type"]]):
             if spec.required and not spec.is_widget:
                 assert spec.name in linked, (
                     f"{path.name}: {node['type']} {node['id']}.{spec.name} is not connected"
@@ -171,7 +167,7 @@ def test_widget_values_are_valid(info, path: Path) -> None:
     for node in executing_nodes(load(path)):
         node_info = info[node["type"]]
         values = node.get("widgets_values", [])
-        layout = caf.widget_layout(node_info)
+        layout = widgets.widget_layout(node_info)
         assert len(values) == len(layout), (
             f"{path.name}: {node['type']} {node['id']} has {len(values)} widget values, this ComfyUI "
             f"expects {len(layout)} ({[s.name for s in layout]})"
@@ -179,7 +175,7 @@ def test_widget_values_are_valid(info, path: Path) -> None:
         for slot, value in zip(layout, values, strict=True):
             if slot.name is None:  # frontend-only, e.g. control_after_generate
                 if slot.control:
-                    assert value in caf.CONTROL_VALUES, f"{node['type']}: control value {value!r}"
+                    assert value in widgets.CONTROL_VALUES, f"{node['type']}: control value {value!r}"
                 continue
             spec_type, options = input_spec(node_info, slot.name)
             check_widget_value(node["type"], slot.name, value, spec_type, options)
@@ -200,7 +196,7 @@ def test_model_files_are_the_readme_downloads(info, path: Path) -> None:
 
 
 def widget_values(info, node: dict[str, Any]) -> dict[str, Any]:
-    return caf.assign_widget_values(info[node["type"]], node.get("widgets_values", []))
+    return widgets.assign_widget_values(info[node["type"]], node.get("widgets_values", []))
 
 
 @PARAMS
@@ -221,7 +217,7 @@ def test_defaults_follow_method_md(info, path: Path) -> None:
     # Option nodes, where shown, start at their defaults (the paper's k = 10, tau = 0.5, ...).
     for node in workflow["nodes"]:
         if node["type"] in ("LayerFusionPriorExtractor", "LayerFusionMaskBlender"):
-            defaults = {s.name: caf.widget_default(s) for s in caf.node_inputs(info[node["type"]])}
+            defaults = {s.name: widgets.widget_default(s) for s in widgets.node_inputs(info[node["type"]])}
             assert widget_values(info, node) == defaults, node["type"]
 
 
@@ -284,8 +280,8 @@ def tiny_prompt(info, path: Path, prefix: str) -> tuple[dict[str, Any], dict[str
     """(API prompt, UI workflow): converted as the headless runner converts, at 128x128 with 2
     steps, the model loaders swapped for the tiny stand-ins, saving under ``prefix``."""
     workflow = load(path)
-    prompt = caf.ui_to_api(workflow, info)
-    caf.apply_overrides(prompt, {"width": E2E_SIZE, "height": E2E_SIZE, "steps": E2E_STEPS})
+    prompt = api_format.ui_to_api(workflow, info)
+    overrides.apply_overrides(prompt, {"width": E2E_SIZE, "height": E2E_SIZE, "steps": E2E_STEPS})
     swapped = substitute(prompt)
     assert len(swapped) == 2, swapped
     for node in prompt.values():

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .comfy_host import TINY_SDXL_CONTEXT_DIM, TINY_SDXL_POOLED_DIM, build_tiny_sdxl, init_weights_
+from .tiny_sdxl import TINY_SDXL_CONTEXT_DIM, TINY_SDXL_POOLED_DIM, build_tiny_sdxl, init_weights_
 
 CATEGORY = "LayerFusion/tests"
 _cache: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-"""Variants of the tiny SDXL model for host tests (kept apart from comfy_host's harness)."""
+"""Variants of the tiny SDXL model for host tests (kept apart from support.tiny_sdxl)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from support import comfy_host as ch
+from support.tiny_sdxl import TINY_SDXL_DIM_HEAD, TINY_SDXL_UNET_CONFIG, init_weights_
 
 
 def build_tiny_sdxl_inpaint(seed: int = 0) -> Any:
@@ -16,12 +16,12 @@ def build_tiny_sdxl_inpaint(seed: int = 0) -> Any:
     import comfy.model_patcher
     import comfy.supported_models
 
-    model_config = comfy.supported_models.SDXL({**ch.TINY_SDXL_UNET_CONFIG, "in_channels": 9})
-    model_config.unet_config["num_head_channels"] = ch.TINY_SDXL_DIM_HEAD
+    model_config = comfy.supported_models.SDXL({**TINY_SDXL_UNET_CONFIG, "in_channels": 9})
+    model_config.unet_config["num_head_channels"] = TINY_SDXL_DIM_HEAD
     model_config.set_inference_dtype(torch.float32, None)
     cpu = torch.device("cpu")
     model = model_config.get_model({}, "", device=cpu)
     assert model.concat_keys == ("mask", "masked_image"), model.concat_keys
-    ch.init_weights_(model, seed)
+    init_weights_(model, seed)
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)

@@ -5,8 +5,8 @@ tolerance used to compare them."""
 from layerfusion_core.comfy_runtime import RunPlan, SamplerSettings, sample_triplet
 from layerfusion_core.method.streams import StreamRole
 from layerfusion_core.options import BlendOptions, LayerFusionOptions, LayerSet, SharingMode
-from support import comfy_host as ch
 from support.fg_tiny import tiny_fg_weights
+from support.tiny_sdxl import make_cond, make_latent
 
 FG, BG, BL = StreamRole.FG, StreamRole.BG, StreamRole.BLENDED
 NO_BLEND = LayerFusionOptions(
@@ -25,7 +25,7 @@ def assert_same(a, b, tolerance=2e-5):
 
 
 def conds():
-    fg, bg, bl, neg = (ch.make_cond(s) for s in (1, 2, 3, 4))
+    fg, bg, bl, neg = (make_cond(s) for s in (1, 2, 3, 4))
     fg[0][1]["layerfusion_eos_index"] = 6
     return fg, bg, bl, neg
 
@@ -37,7 +37,7 @@ def run(model, options=DEFAULT, weights="tiny", images=1, sampler="euler", cfg=5
     return sample_triplet(
         model,
         weights,
-        RunPlan.triplet(fg, bg, bl, neg, ch.make_latent(images), options),
+        RunPlan.triplet(fg, bg, bl, neg, make_latent(images), options),
         SamplerSettings(seed, steps, cfg, sampler, "normal", **kw),
     )
 
@@ -45,8 +45,6 @@ def run(model, options=DEFAULT, weights="tiny", images=1, sampler="euler", cfg=5
 def plain(model, cond, sampler="euler", cfg=5.0, steps=3, seed=7, images=1):
     import nodes
 
-    neg = ch.make_cond(4)
-    (out,) = nodes.common_ksampler(
-        model, seed, steps, cfg, sampler, "normal", cond, neg, ch.make_latent(images)
-    )
+    neg = make_cond(4)
+    (out,) = nodes.common_ksampler(model, seed, steps, cfg, sampler, "normal", cond, neg, make_latent(images))
     return out["samples"]

@@ -1,4 +1,4 @@
-"""A real ComfyUI server for tests: ``main.py --cpu`` on a free 127.0.0.1 port, with its
+"""A real ComfyUI server for tests and tools: ``main.py --cpu`` on a free 127.0.0.1 port, with its
 input/output/temp/user folders under a scratch folder and extra custom-node folders (this
 repository, test-only node packs) made visible through ComfyUI's own
 ``--extra-model-paths-config`` (a ``custom_nodes`` entry), so nothing is written into the
@@ -14,11 +14,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from layerfusion_headless.client import ComfyClient
+from layerfusion_headless.errors import RunError
 
 START_TIMEOUT_S = 90.0
 
@@ -43,26 +44,18 @@ class ComfyServer:
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
-    def get_json(self, path: str, timeout: float = 30) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as answer:
-            return json.loads(answer.read())
-
-    def post_json(self, path: str, payload: Any, timeout: float = 30) -> Any:
-        request = urllib.request.Request(
-            self.url + path,
-            data=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return json.loads(answer.read())
+    @property
+    def client(self) -> ComfyClient:
+        """The headless command's JSON/HTTP client, for this server."""
+        return ComfyClient(self.url, timeout=30)
 
 
 def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status == 200
-    except OSError:
+        ComfyClient(url, timeout=5).get_json("/system_stats")
+    except RunError:
         return False
+    return True
 
 
 def _yaml_paths(entries: Mapping[str, list[Path]]) -> str:
@@ -137,7 +130,7 @@ def comfy_server(
                     raise ServerStartError(
                         f"ComfyUI exited with {process.returncode} at startup:\n{server.log_tail()}"
                     )
-                if _answers(server.url + "/system_stats"):
+                if _answers(server.url):
                     break
                 if time.monotonic() > deadline:
                     raise ServerStartError(
