@@ -12,7 +12,7 @@ from comfy_api.latest import io
 from ..layerfusion_core.comfy_runtime.decoding import decode_rgba
 from ..layerfusion_core.comfy_runtime.loaders import LoadedDecoder, load_transparent_decoder
 from ..layerfusion_core.files.known import DEFAULT_DECODER_FILE, FileKind
-from ..layerfusion_core.models.transparent_vae import LATENT_SCALE
+from ..layerfusion_core.models.transparent_vae import pixel_size
 from .file_widgets import auto_download_input, check_layer_choice, default_choice, layer_file_choices
 from .schema import layerfusion_schema
 from .types import DecoderType
@@ -42,7 +42,7 @@ def check_decode_inputs(decoder: Any, latent: Any, image: Any) -> torch.Tensor:
             f"batch: image has {image.shape[0]} images, latent {samples.shape[0]}; connect the VAE "
             "decode of this same FG latent"
         )
-    expected = [samples.shape[2] * LATENT_SCALE, samples.shape[3] * LATENT_SCALE]
+    expected = pixel_size(samples.shape[2:])
     if list(image.shape[1:3]) != expected:
         raise ValueError(
             f"image size: expected {expected[0]}x{expected[1]} (H x W, 8 x the latent's "

@@ -5,7 +5,8 @@
 - Priors: a PREDICT_NOISE wrapper starts each evaluation and runs the FG-only prior pass.
 - Our replace hooks and output patches live only in the model options of the calls we
   tag (the prior pass, and the sampler's main call, tagged by a CALC_COND_BATCH wrapper),
-  so extra passes of other packs (PAG, SAG, ...) run untouched and keep their own hooks.
+  so extra passes of other packs (PAG, SAG, ...) run untouched and keep their own hooks
+  (attention_hooks.py).
 - Per-run state is reset by an ON_PRE_RUN callback.
 - Memory: the FG weights and the extra attention work show in ComfyUI's estimate (memory.py).
 """
@@ -14,24 +15,24 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ..architectures.sdxl import UNetLayout
-from ..method.controller import AttentionCall, LayerFusionController, Phase
+from ..method.controller import LayerFusionController, Phase
 from ..method.streams import CallLayout, Stream, StreamRole, StreamSet
 from ..models.fg_weights import ForegroundWeights
 from ..models.row_deltas import RowDelta, RowSelection, make_row_delta_module
-from ..options import BlockKey, LayerFusionOptions
+from ..options import LayerFusionOptions
+from .attention_hooks import PHASE_KEY, AttentionHooks
 from .casting import cast_weight_bias
 from .memory import RunMemory, attention_row_factor
 
 log = logging.getLogger(__name__)
 
 WRAPPER_KEY = "layerfusion"
-PHASE_KEY = "layerfusion_phase"
 
 
 @functools.cache
@@ -70,7 +71,7 @@ class LayerFusionPatch:
         self.window = window  # (sigma_start, sigma_end): blending is active in between
         self.rows = RowSelection()
         self.deltas: list[RowDelta] = []
-        self._replace_cache: dict[tuple, Callable] = {}
+        self.hooks = AttentionHooks(controller, unet, lambda: self.layout)
         self._warned_layout = False
         self.reset()
 
@@ -185,7 +186,7 @@ class LayerFusionPatch:
             self.processed_prior = comfy.samplers.process_conds(
                 model, x_fg, conds, x.device, latent_image=latent, denoise_mask=mask, seed=seed
             )["positive"]
-        options = self.tagged_options(model_options, Phase.PRIOR)
+        options = self.hooks.tagged_options(model_options, Phase.PRIOR)
         comfy.samplers.calc_cond_batch(model, [self.processed_prior], x_fg, timestep_fg, options)
 
     def _prior_latent_and_mask(self, model, x_fg: torch.Tensor):
@@ -205,97 +206,10 @@ class LayerFusionPatch:
     def _calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
         if self.expect_main and model_options.get("transformer_options", {}).get(PHASE_KEY) is None:
             self.expect_main = False
-            model_options = self.tagged_options(model_options, Phase.MAIN)
+            model_options = self.hooks.tagged_options(model_options, Phase.MAIN)
             with self.memory.batching_estimate(model):
                 return executor(model, conds, x_in, timestep, model_options)
         return executor(model, conds, x_in, timestep, model_options)
-
-    # -- tagged options ----------------------------------------------------------------
-    def tagged_options(self, model_options: dict, phase: Phase) -> dict:
-        """A copy of ``model_options`` tagged with ``phase`` and carrying our hooks."""
-        options = dict(model_options)
-        to = dict(options.get("transformer_options", {}))
-        options["transformer_options"] = to
-        to[PHASE_KEY] = phase
-        replaces = {name: dict(d) for name, d in to.get("patches_replace", {}).items()}
-        to["patches_replace"] = replaces
-        controller = self.controller
-        for block in self.unet.blocks:
-            key = block.key
-            if controller.wants_self_attention(key):
-                self._add_replace(replaces.setdefault("attn1", {}), key, "attn1")
-            if controller.wants_cross_attention(key):
-                self._add_replace(replaces.setdefault("attn2", {}), key, "attn2")
-        if phase == Phase.MAIN and controller.generative:
-            patches = {name: list(p) for name, p in to.get("patches", {}).items()}
-            to["patches"] = patches
-            patches.setdefault("attn1_output_patch", []).append(self._attn1_output)
-            patches.setdefault("attn2_output_patch", []).append(self._attn2_output)
-        return options
-
-    def _add_replace(self, replaces: dict, key: BlockKey, attention: str) -> None:
-        # Another pack's replace for this layer (3- or 2-element key) is called through.
-        previous = replaces.get(key) or replaces.get(key[:2])
-        cache_key = (key, attention, previous)
-        fn = self._replace_cache.get(cache_key)
-        if fn is None:
-            fn = self._replace_cache[cache_key] = self._make_replace(key, attention, previous)
-        replaces[key] = fn
-
-    def _make_replace(self, key: BlockKey, attention: str, previous: Callable | None) -> Callable:
-        controller = self.controller
-        hook = controller.self_attention if attention == "attn1" else controller.cross_attention
-
-        def replace(q, k, v, extra_options):
-            call = self._attention_call(extra_options, key, previous)
-            return hook(q, k, v, call)
-
-        return replace
-
-    def _attention_call(self, extra_options: dict, key: BlockKey, previous: Callable | None) -> AttentionCall:
-        comfy = _comfy()
-        heads = extra_options["n_heads"]
-        precision = extra_options.get("attn_precision")
-
-        def attention(q, k, v, heads_=heads, mask=None):
-            # transformer_options carries another node's attention override
-            # (optimized_attention_override) where the host has one; hosts without ignore it.
-            return comfy.ldm.modules.attention.optimized_attention(
-                q, k, v, heads_, mask=mask, attn_precision=precision, transformer_options=extra_options
-            )
-
-        def call_through(q, k, v):
-            if previous is not None:
-                return previous(q, k, v, extra_options)
-            return attention(q, k, v)
-
-        if self.layout is None:
-            raise RuntimeError("LayerFusion: a tagged attention call arrived without a batch layout")
-        return AttentionCall(
-            phase=Phase(extra_options[PHASE_KEY]),
-            block=key,
-            layout=self.layout,
-            heads=heads,
-            grid=tuple(extra_options["activations_shape"][-2:]),
-            call_through=call_through,
-            attention=attention,
-        )
-
-    def _output_patch(self, out: torch.Tensor, extra_options: dict, attention: str) -> torch.Tensor:
-        block = extra_options.get("block")
-        if block is None:
-            return out
-        key = (block[0], block[1], extra_options.get("block_index", 0))
-        if key not in self.controller.blend_blocks:
-            return out
-        call = self._attention_call(extra_options, key, None)
-        return self.controller.blend_output(out, call, attention)
-
-    def _attn1_output(self, out, extra_options):
-        return self._output_patch(out, extra_options, "attn1")
-
-    def _attn2_output(self, out, extra_options):
-        return self._output_patch(out, extra_options, "attn2")
 
 
 def patch_model(

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ..architectures.sdxl import UNetLayout, layout_from_unet_config
 from ..method.streams import Stream, StreamRole, StreamSet
 from ..models.fg_weights import ForegroundWeights
+from ..models.transparent_vae import pixel_size
 from .conditioning import check_negative, eos_per_stream, fg_only_conditioning, stack_conditionings
 from .patching import patch_model
 from .plan import RunPlan, SamplerSettings
@@ -192,7 +193,7 @@ def _masks_at_image_size(
 ) -> dict[Stream, tuple[torch.Tensor, torch.Tensor]]:
     """The final (soft, hard) masks of every FG stream at image size ([N, H, W]); zeros
     where nothing was recorded."""
-    size = (latent_hw[0] * 8, latent_hw[1] * 8)
+    size = tuple(pixel_size(latent_hw))
     if final is None:
         zeros = torch.zeros(num_images, *size)
         return {s: (zeros, zeros.clone()) for s in stream_set.fg_streams}

@@ -39,6 +39,11 @@ TTA_TRANSFORMS: tuple[tuple[bool, int], ...] = tuple((flip, k) for flip in (Fals
 ProgressFn = Callable[[int, int], None]
 
 
+def pixel_size(latent_hw) -> list[int]:
+    """[H, W] of the image a latent of spatial size ``latent_hw`` (h, w) decodes to."""
+    return [int(latent_hw[0]) * LATENT_SCALE, int(latent_hw[1]) * LATENT_SCALE]
+
+
 class TransparentDecoder(nn.Module):
     """UNet mapping (pixel [B, 3, H, W], latent [B, 4, H/8, W/8]) to RGBA [B, 4, H, W].
 
@@ -240,7 +245,7 @@ def _validate_inputs(pixel: Tensor, latent: Tensor, sub_batch: int) -> None:
         raise ValueError(f"batch: pixel has {pixel.shape[0]} images, latent {latent.shape[0]}")
     if pixel.shape[0] == 0:
         raise ValueError("batch: expected at least one image, got 0")
-    expected = [latent.shape[2] * LATENT_SCALE, latent.shape[3] * LATENT_SCALE]
+    expected = pixel_size(latent.shape[2:])
     if list(pixel.shape[2:]) != expected or 0 in expected:
         raise ValueError(
             f"pixel size: expected {expected} (8 x latent size {list(latent.shape[2:])}), "

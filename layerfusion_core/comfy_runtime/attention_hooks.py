@@ -1,0 +1,118 @@
+"""Our attention hooks inside tagged calls: the replace hooks (attn1/attn2) and output patches
+that exist only in the model options of the calls LayerFusion tags (the prior pass and the
+sampler's main call), turning ComfyUI's hook arguments into an ``AttentionCall`` for the
+controller. Another pack's replace for the same layer (3- or 2-element key) is called
+through; extra passes of other packs (PAG, SAG, ...) never see our hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..architectures.sdxl import UNetLayout
+from ..method.controller import AttentionCall, LayerFusionController, Phase
+from ..method.streams import CallLayout
+from ..options import BlockKey
+
+PHASE_KEY = "layerfusion_phase"
+
+
+class AttentionHooks:
+    def __init__(
+        self,
+        controller: LayerFusionController,
+        unet: UNetLayout,
+        layout: Callable[[], CallLayout | None],
+    ) -> None:
+        self.controller = controller
+        self.unet = unet
+        self.layout = layout  # the current UNet call's row layout (set by the patch's wrapper)
+        self._replace_cache: dict[tuple, Callable] = {}
+
+    def tagged_options(self, model_options: dict, phase: Phase) -> dict:
+        """A copy of ``model_options`` tagged with ``phase`` and carrying our hooks."""
+        options = dict(model_options)
+        to = dict(options.get("transformer_options", {}))
+        options["transformer_options"] = to
+        to[PHASE_KEY] = phase
+        replaces = {name: dict(d) for name, d in to.get("patches_replace", {}).items()}
+        to["patches_replace"] = replaces
+        controller = self.controller
+        for block in self.unet.blocks:
+            key = block.key
+            if controller.wants_self_attention(key):
+                self._add_replace(replaces.setdefault("attn1", {}), key, "attn1")
+            if controller.wants_cross_attention(key):
+                self._add_replace(replaces.setdefault("attn2", {}), key, "attn2")
+        if phase == Phase.MAIN and controller.generative:
+            patches = {name: list(p) for name, p in to.get("patches", {}).items()}
+            to["patches"] = patches
+            patches.setdefault("attn1_output_patch", []).append(self._attn1_output)
+            patches.setdefault("attn2_output_patch", []).append(self._attn2_output)
+        return options
+
+    def _add_replace(self, replaces: dict, key: BlockKey, attention: str) -> None:
+        # Another pack's replace for this layer (3- or 2-element key) is called through.
+        previous = replaces.get(key) or replaces.get(key[:2])
+        cache_key = (key, attention, previous)
+        fn = self._replace_cache.get(cache_key)
+        if fn is None:
+            fn = self._replace_cache[cache_key] = self._make_replace(key, attention, previous)
+        replaces[key] = fn
+
+    def _make_replace(self, key: BlockKey, attention: str, previous: Callable | None) -> Callable:
+        controller = self.controller
+        hook = controller.self_attention if attention == "attn1" else controller.cross_attention
+
+        def replace(q, k, v, extra_options):
+            call = self._attention_call(extra_options, key, previous)
+            return hook(q, k, v, call)
+
+        return replace
+
+    def _attention_call(self, extra_options: dict, key: BlockKey, previous: Callable | None) -> AttentionCall:
+        import comfy.ldm.modules.attention
+
+        heads = extra_options["n_heads"]
+        precision = extra_options.get("attn_precision")
+
+        def attention(q, k, v, heads_=heads, mask=None):
+            # transformer_options carries another node's attention override
+            # (optimized_attention_override) where the host has one; hosts without ignore it.
+            return comfy.ldm.modules.attention.optimized_attention(
+                q, k, v, heads_, mask=mask, attn_precision=precision, transformer_options=extra_options
+            )
+
+        def call_through(q, k, v):
+            if previous is not None:
+                return previous(q, k, v, extra_options)
+            return attention(q, k, v)
+
+        if self.layout() is None:
+            raise RuntimeError("LayerFusion: a tagged attention call arrived without a batch layout")
+        return AttentionCall(
+            phase=Phase(extra_options[PHASE_KEY]),
+            block=key,
+            layout=self.layout(),
+            heads=heads,
+            grid=tuple(extra_options["activations_shape"][-2:]),
+            call_through=call_through,
+            attention=attention,
+        )
+
+    def _output_patch(self, out: torch.Tensor, extra_options: dict, attention: str) -> torch.Tensor:
+        block = extra_options.get("block")
+        if block is None:
+            return out
+        key = (block[0], block[1], extra_options.get("block_index", 0))
+        if key not in self.controller.blend_blocks:
+            return out
+        call = self._attention_call(extra_options, key, None)
+        return self.controller.blend_output(out, call, attention)
+
+    def _attn1_output(self, out, extra_options):
+        return self._output_patch(out, extra_options, "attn1")
+
+    def _attn2_output(self, out, extra_options):
+        return self._output_patch(out, extra_options, "attn2")
