@@ -200,6 +200,21 @@ class NoiseOptions:
 
     share_initial_noise: bool = True
     share_step_noise: bool = True  # ancestral/SDE samplers
+    # K layers (LAYERS.md 1, OURS): FG_k (k >= 1) draws its noise from seed + k, since one noise
+    # for every layer stacks the objects in one place; FG_0, BG and BLENDED use the seed itself.
+    per_layer_noise: bool = True
+
+
+@dataclass(frozen=True)
+class LayoutOptions:
+    """How a layer's box or mask steers it (LAYERS.md 1, OURS); percents as ComfyUI's."""
+
+    paste_end_percent: float = 0.15  # until here BLENDED's latent is pasted into FG_k inside its region
+
+    def __post_init__(self) -> None:
+        require_finite("paste_end_percent", self.paste_end_percent)
+        if not 0.0 <= self.paste_end_percent <= 1.0:
+            raise ValueError(f"paste_end_percent: expected 0 <= value <= 1, got {self.paste_end_percent}")
 
 
 @dataclass(frozen=True)
@@ -207,3 +222,4 @@ class LayerFusionOptions:
     prior: PriorOptions = field(default_factory=PriorOptions)
     blend: BlendOptions = field(default_factory=BlendOptions)
     noise: NoiseOptions = field(default_factory=NoiseOptions)
+    layout: LayoutOptions = field(default_factory=LayoutOptions)

@@ -7,6 +7,7 @@ from comfy_api.latest import io
 
 from ..layerfusion_core.layers.compositing import alpha_composite
 from .schema import layerfusion_schema
+from .widgets import output
 
 MAX_OFFSET = 16384
 
@@ -51,11 +52,7 @@ class LayerFusionAlphaComposite(io.ComfyNode):
                     "resampling: no dark fringes); applied before the offset.",
                 ),
             ],
-            outputs=[
-                io.Image.Output(
-                    "image", display_name="image", tooltip="RGB IMAGE: foreground over background."
-                )
-            ],
+            outputs=[output(io.Image, "image", "RGB IMAGE: foreground over background.")],
         )
 
     @classmethod

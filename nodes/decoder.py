@@ -16,6 +16,7 @@ from ..layerfusion_core.models.transparent_vae import pixel_size
 from .file_widgets import auto_download_input, check_layer_choice, default_choice, layer_file_choices
 from .schema import layerfusion_schema
 from .types import DecoderType
+from .widgets import output
 
 
 def check_decode_inputs(decoder: Any, latent: Any, image: Any) -> torch.Tensor:
@@ -76,11 +77,7 @@ class LayerFusionTransparentDecoderLoader(io.ComfyNode):
                 auto_download_input(),
             ],
             outputs=[
-                DecoderType.Output(
-                    "decoder",
-                    display_name="decoder",
-                    tooltip="The transparent decoder, for LayerFusionTransparentDecode.",
-                )
+                output(DecoderType, "decoder", "The transparent decoder, for LayerFusionTransparentDecode.")
             ],
         )
 
@@ -126,20 +123,16 @@ class LayerFusionTransparentDecode(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.Image.Output(
+                output(
+                    io.Image,
                     "rgba",
-                    display_name="rgba",
-                    tooltip="[B, H, W, 4]: straight (not premultiplied) RGB plus alpha; save it as RGBA PNG.",
+                    "[B, H, W, 4]: straight (not premultiplied) RGB plus alpha; save it as RGBA PNG.",
                 ),
-                io.Image.Output(
-                    "rgb",
-                    display_name="rgb",
-                    tooltip="[B, H, W, 3]: the foreground's straight RGB, without alpha.",
-                ),
-                io.Mask.Output(
+                output(io.Image, "rgb", "[B, H, W, 3]: the foreground's straight RGB, without alpha."),
+                output(
+                    io.Mask,
                     "mask",
-                    display_name="mask",
-                    tooltip="1 - alpha (1 = transparent), the convention of ComfyUI's LoadImage mask; "
+                    "1 - alpha (1 = transparent), the convention of ComfyUI's LoadImage mask; "
                     "invert it for a mask of the object.",
                 ),
             ],

@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from ..layerfusion_core.comfy_runtime.conditioning import encode_triplet
 from .schema import layerfusion_schema
+from .widgets import output
 
 
 class LayerFusionTextEncode(io.ComfyNode):
@@ -34,13 +35,9 @@ class LayerFusionTextEncode(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.Conditioning.Output(
-                    "fg", display_name="fg", tooltip="Foreground conditioning (carries its EOS index)."
-                ),
-                io.Conditioning.Output("bg", display_name="bg", tooltip="Background conditioning."),
-                io.Conditioning.Output(
-                    "blended", display_name="blended", tooltip="Blended-image conditioning."
-                ),
+                output(io.Conditioning, "fg", "Foreground conditioning (carries its EOS index)."),
+                output(io.Conditioning, "bg", "Background conditioning."),
+                output(io.Conditioning, "blended", "Blended-image conditioning."),
             ],
         )
 

@@ -10,6 +10,7 @@ from ..layerfusion_core.options import WeightApplication, require_finite
 from .file_widgets import auto_download_input, check_layer_choice, default_choice, layer_file_choices
 from .schema import layerfusion_schema
 from .types import ForegroundWeightsType
+from .widgets import output
 
 
 class LayerFusionForegroundLoader(io.ComfyNode):
@@ -48,7 +49,7 @@ class LayerFusionForegroundLoader(io.ComfyNode):
                 ),
                 auto_download_input(),
             ],
-            outputs=[ForegroundWeightsType.Output("fg_weights", display_name="fg_weights")],
+            outputs=[output(ForegroundWeightsType, "fg_weights")],
         )
 
     @classmethod

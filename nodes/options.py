@@ -17,13 +17,10 @@ from ..layerfusion_core.options import (
 )
 from .schema import layerfusion_schema
 from .types import BlendOptionsType, PriorOptionsType
+from .widgets import enum_combo, output, unit_float
 
 PRIOR_DEFAULTS = PriorOptions()
 BLEND_DEFAULTS = BlendOptions()
-
-
-def _combo(name: str, enum, default, tooltip: str) -> io.Combo.Input:
-    return io.Combo.Input(name, options=[m.value for m in enum], default=default.value, tooltip=tooltip)
 
 
 class LayerFusionPriorExtractor(io.ComfyNode):
@@ -42,20 +39,20 @@ class LayerFusionPriorExtractor(io.ComfyNode):
                     default=d.structure_layer,
                     tooltip="'last' = the UNet's last self-attention (output.5.1 on SDXL), or a block like 'output.4.1'.",
                 ),
-                _combo(
+                enum_combo(
                     "formula",
                     SparsityFormula,
                     d.formula,
                     "Per-token sparsity of the head-mean self-attention row.",
                 ),
-                _combo(
+                enum_combo(
                     "orientation",
                     PriorOrientation,
                     d.orientation,
                     "dense: dense attention rows are the object (the paper). sparse: the opposite. "
                     "auto: decided once per run by agreement with the content prior.",
                 ),
-                _combo(
+                enum_combo(
                     "timing",
                     PriorTiming,
                     d.timing,
@@ -63,7 +60,7 @@ class LayerFusionPriorExtractor(io.ComfyNode):
                     "(faster; the first step runs a prior pass). previous_only: the same with no prior pass "
                     "at all (fastest; the first step does not blend).",
                 ),
-                _combo(
+                enum_combo(
                     "content_timing",
                     ContentTiming,
                     d.content_timing,
@@ -85,7 +82,7 @@ class LayerFusionPriorExtractor(io.ComfyNode):
                     tooltip="Query rows per chunk of the structure prior (memory O(chunk x tokens)).",
                 ),
             ],
-            outputs=[PriorOptionsType.Output("prior_options", display_name="prior_options")],
+            outputs=[output(PriorOptionsType, "prior_options")],
         )
 
     @classmethod
@@ -115,15 +112,8 @@ class LayerFusionMaskBlender(io.ComfyNode):
                     step=0.1,
                     tooltip="k of the hard mask sigmoid(k (soft - threshold)); 10 in the paper.",
                 ),
-                io.Float.Input(
-                    "threshold",
-                    default=d.threshold,
-                    min=0.0,
-                    max=1.0,
-                    step=0.01,
-                    tooltip="tau of the hard mask.",
-                ),
-                _combo(
+                unit_float("threshold", d.threshold, "tau of the hard mask."),
+                enum_combo(
                     "mode",
                     BlendMode,
                     d.mode,
@@ -141,23 +131,11 @@ class LayerFusionMaskBlender(io.ComfyNode):
                 io.Boolean.Input(
                     "cross_attention", default=d.layers.cross_attention, tooltip="Blend at cross-attention."
                 ),
-                io.Float.Input(
-                    "start_percent",
-                    default=d.start_percent,
-                    min=0.0,
-                    max=1.0,
-                    step=0.01,
-                    tooltip="Sampling progress where blending and sharing start.",
+                unit_float(
+                    "start_percent", d.start_percent, "Sampling progress where blending and sharing start."
                 ),
-                io.Float.Input(
-                    "end_percent",
-                    default=d.end_percent,
-                    min=0.0,
-                    max=1.0,
-                    step=0.01,
-                    tooltip="Sampling progress where blending and sharing end.",
-                ),
-                _combo(
+                unit_float("end_percent", d.end_percent, "Sampling progress where blending and sharing end."),
+                enum_combo(
                     "sharing",
                     SharingMode,
                     d.sharing,
@@ -166,7 +144,7 @@ class LayerFusionMaskBlender(io.ComfyNode):
                     "blended sees background; off.",
                 ),
             ],
-            outputs=[BlendOptionsType.Output("blend_options", display_name="blend_options")],
+            outputs=[output(BlendOptionsType, "blend_options")],
         )
 
     @classmethod

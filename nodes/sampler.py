@@ -9,18 +9,7 @@ from ..layerfusion_core.method.streams import StreamRole
 from ..layerfusion_core.options import BlendOptions, LayerFusionOptions, NoiseOptions, PriorOptions
 from .schema import layerfusion_schema
 from .types import BlendOptionsType, ForegroundWeightsType, PriorOptionsType
-
-
-def _sampler_names() -> list[str]:
-    import comfy.samplers
-
-    return list(comfy.samplers.KSampler.SAMPLERS)
-
-
-def _scheduler_names() -> list[str]:
-    import comfy.samplers
-
-    return list(comfy.samplers.KSampler.SCHEDULERS)
+from .widgets import output, sampler_settings_inputs
 
 
 class LayerFusionTripletSampler(io.ComfyNode):
@@ -47,27 +36,7 @@ class LayerFusionTripletSampler(io.ComfyNode):
                 io.Latent.Input(
                     "latent_image", tooltip="Empty latent (or an image latent with denoise < 1)."
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
-                    control_after_generate=True,
-                    tooltip="Noise seed; the three streams of an image share their noise.",
-                ),
-                io.Int.Input("steps", default=25, min=1, max=10000, tooltip="Sampling steps."),
-                io.Float.Input(
-                    "cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="CFG scale."
-                ),
-                io.Combo.Input(
-                    "sampler_name", options=_sampler_names(), default="dpmpp_2m", tooltip="ComfyUI sampler."
-                ),
-                io.Combo.Input(
-                    "scheduler", options=_scheduler_names(), default="karras", tooltip="ComfyUI scheduler."
-                ),
-                io.Float.Input(
-                    "denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Denoise strength."
-                ),
+                *sampler_settings_inputs("Noise seed; the three streams of an image share their noise."),
                 io.Boolean.Input(
                     "shared_noise",
                     default=True,
@@ -86,27 +55,13 @@ class LayerFusionTripletSampler(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.Latent.Output(
-                    "fg_latent",
-                    display_name="fg_latent",
-                    tooltip="Foreground latent: decode with the VAE, then Transparent Decode.",
+                output(
+                    io.Latent, "fg_latent", "Foreground latent: decode with the VAE, then Transparent Decode."
                 ),
-                io.Latent.Output("bg_latent", display_name="bg_latent", tooltip="Background latent."),
-                io.Latent.Output(
-                    "blended_latent",
-                    display_name="blended_latent",
-                    tooltip="Blended latent (repeats bg in alpha mode).",
-                ),
-                io.Mask.Output(
-                    "soft_mask",
-                    display_name="soft_mask",
-                    tooltip="Final soft mask at image size, 1 = object.",
-                ),
-                io.Mask.Output(
-                    "hard_mask",
-                    display_name="hard_mask",
-                    tooltip="Final hard mask at image size, 1 = object.",
-                ),
+                output(io.Latent, "bg_latent", "Background latent."),
+                output(io.Latent, "blended_latent", "Blended latent (repeats bg in alpha mode)."),
+                output(io.Mask, "soft_mask", "Final soft mask at image size, 1 = object."),
+                output(io.Mask, "hard_mask", "Final hard mask at image size, 1 = object."),
             ],
         )
 

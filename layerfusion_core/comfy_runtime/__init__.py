@@ -3,7 +3,7 @@ functions, so importing it needs no ComfyUI (``layerfusion_core/__init__.py`` ne
 
 - patching.py: what a run registers on its model clone (object patches, wrappers,
   callbacks, attention replaces and output patches, the prior pass);
-- plan.py, sampling.py: the run plan and the lockstep sampling through ComfyUI's samplers;
+- sampling.py: a run plan (method/run_plan.py) sampled in lockstep through ComfyUI's samplers;
 - conditioning.py: CONDITIONING stacking per stream, EOS indices from CLIP's tokenizer;
 - memory.py, casting.py: what a run holds as ComfyUI's model management sees it, and
   weights taken through the host's cast;
@@ -11,8 +11,8 @@ functions, so importing it needs no ComfyUI (``layerfusion_core/__init__.py`` ne
   models/layer_model/, the transparent decode, and saving through ComfyUI's save helpers.
 """
 
+from ..method.run_plan import RunPlan, SamplerSettings
 from .patching import PHASE_KEY, WRAPPER_KEY, LayerFusionPatch, patch_model
-from .plan import RunPlan, SamplerSettings
 from .sampling import LayersResult, TripletResult, model_unet_layout, sample_layers, sample_triplet
 
 __all__ = [

@@ -125,6 +125,19 @@ def fg_only_conditioning(
     return [[conditioning[0][0], {k: v for k, v in conditioning[0][1].items() if k != EOS_KEY}]]
 
 
+def concat_conditionings(parts: list[Conditioning], names: list[str]) -> Conditioning:
+    """One entry whose tokens are the parts' tokens one after the other (as ComfyUI's
+    ConditioningConcat does), with the last part's pooled output and size keys: the default
+    BLENDED prompt of a layered run, "<fg_0>, ..., <fg_K-1>, <bg>" in embedding form."""
+    entries = [_single_entry(f"{name} conditioning", part) for name, part in zip(names, parts, strict=True)]
+    widths = {name: t.shape[2] for name, (t, _) in zip(names, entries, strict=True)}
+    if len(set(widths.values())) != 1:
+        raise ValueError(f"conditionings have different channel widths: {widths}")
+    tokens = torch.cat([t for t, _ in entries], dim=1)
+    extras = {k: v for k, v in entries[-1][1].items() if k != EOS_KEY}
+    return [[tokens, extras]]
+
+
 def check_negative(negative: Conditioning) -> None:
     """Refuse negative entries that ComfyUI would evaluate on a cropped grid (``area``, or a
     mask with ``set_area_to_bounds``): blending and masked sharing work on the whole token

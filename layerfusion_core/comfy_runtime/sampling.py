@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from ..architectures.sdxl import UNetLayout, layout_from_unet_config
+from ..method.run_plan import RunPlan, SamplerSettings
 from ..method.streams import Stream, StreamRole, StreamSet
 from ..models.fg_weights import ForegroundWeights
 from ..models.transparent_vae import pixel_size
 from .conditioning import check_negative, eos_per_stream, fg_only_conditioning, stack_conditionings
 from .patching import patch_model
-from .plan import RunPlan, SamplerSettings
 
 log = logging.getLogger(__name__)
 

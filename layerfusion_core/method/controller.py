@@ -21,7 +21,7 @@ from ..options import (
     parse_layer_spec,
 )
 from .attention_policy import AttentionCall, AttentionPolicy, Phase, Scope
-from .mask_source import PriorMasks, StreamMasks
+from .mask_source import PriorMasks, RegionGatedMasks, StreamMasks
 from .recorder import PriorRecorder
 from .streams import Stream, StreamSet
 
@@ -37,15 +37,20 @@ class LayerFusionController:
         unet: UNetLayout,
         stream_set: StreamSet,
         eos_index: Mapping[Stream, torch.Tensor] | None,
+        regions: Mapping[Stream, torch.Tensor] | None = None,
     ) -> None:
         """``eos_index``: per FG stream, the [N] global EOS index of each image's prompt
-        (None: the content prior averages over the prompt's tokens)."""
+        (None: the content prior averages over the prompt's tokens). ``regions``: per FG
+        stream with a layout, its region [H, W] at image size; its masks are gated by it."""
         self.options = options
         self.unet = unet
         self.stream_set = stream_set
         self.scope = _scope(options, unet, stream_set)
         self.recorder = PriorRecorder()
-        self.masks = PriorMasks(options, self.recorder, self.scope.structure_block, stream_set.fg_streams)
+        self.prior_masks = PriorMasks(
+            options, self.recorder, self.scope.structure_block, stream_set.fg_streams
+        )
+        self.masks = RegionGatedMasks(self.prior_masks, dict(regions)) if regions else self.prior_masks
         self.policy = AttentionPolicy(options, stream_set, self.scope, self.recorder, self.masks, eos_index)
 
     # -- the run's shape ------------------------------------------------------------------
@@ -79,7 +84,7 @@ class LayerFusionController:
             evaluations,
             evaluations,
         )
-        self.masks.vote_evaluations = evaluations
+        self.prior_masks.vote_evaluations = evaluations
         self.reset()
 
     # -- per run and per evaluation ---------------------------------------------------------

@@ -2,8 +2,10 @@
 
 ``PriorMasks`` builds them from the recorded priors (METHOD.md): per FG stream, soft =
 minmax(s' * c) and hard = sigmoid(k (soft - tau)), with s' oriented by the orientation vote.
-A source of given masks (alphas after a move, boxes, a user MASK) plugs in beside it with
-the same ``masks_for``.
+``RegionGatedMasks`` multiplies another source's masks by each layer's region (a box or
+MASK, feathered over one cell of each grid), so a layer's object stays inside its layout. A
+source of given masks (alphas after a move, a user MASK) plugs in beside them with the same
+``masks_for`` / ``final_masks``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from ..options import BlockKey, ContentTiming, LayerFusionOptions, PriorOrientation, PriorTiming
 from .priors import OrientationVote, blend_masks, orient, resize_prior
 from .recorder import Maps, PriorRecorder
+from .regions import region_at_grid
 from .streams import Stream
 
 log = logging.getLogger(__name__)
@@ -125,3 +128,43 @@ class PriorMasks:
             orientation = PriorOrientation.DENSE
         masks = self._masks(maps, maps, self.structure_block, maps.sparsity_grid, orientation)
         return None if masks is None else (masks, maps.sparsity_grid)
+
+
+class RegionGatedMasks:
+    """``source``'s masks, each FG stream's multiplied by its region where it has one."""
+
+    def __init__(self, source: PriorMasks, regions: dict[Stream, torch.Tensor]) -> None:
+        self.source = source
+        self.regions = regions
+        self._at_grid: dict[tuple[Stream, tuple[int, int]], torch.Tensor] = {}
+
+    def reset(self) -> None:
+        self.source.reset()
+
+    def begin_evaluation(self) -> None:
+        self.source.begin_evaluation()
+
+    def observe_vote(self) -> None:
+        self.source.observe_vote()
+
+    def _gate(self, masks: StreamMasks, grid: tuple[int, int]) -> StreamMasks:
+        out = {}
+        for stream, (soft, hard) in masks.items():
+            region = self.regions.get(stream)
+            if region is None:
+                out[stream] = (soft, hard)
+                continue
+            key = (stream, tuple(grid))
+            gate = self._at_grid.get(key)
+            if gate is None or gate.device != soft.device:
+                gate = self._at_grid[key] = region_at_grid(region, grid).to(soft.device)
+            out[stream] = (soft * gate.to(soft.dtype), hard * gate.to(hard.dtype))
+        return out
+
+    def masks_for(self, block: BlockKey, grid: tuple[int, int]) -> StreamMasks | None:
+        masks = self.source.masks_for(block, grid)
+        return None if masks is None else self._gate(masks, grid)
+
+    def final_masks(self) -> tuple[StreamMasks, tuple[int, int]] | None:
+        final = self.source.final_masks()
+        return None if final is None else (self._gate(final[0], final[1]), final[1])

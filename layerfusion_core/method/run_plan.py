@@ -9,11 +9,13 @@ one FG; K layers, re-harmonise and decomposition are plans with more streams or 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..method.streams import Stream, StreamRole, StreamSet
+import torch
+
 from ..options import BlendMode, LayerFusionOptions, NoiseOptions, require_finite
+from .streams import Stream, StreamRole, StreamSet
 
 Conditioning = list[list[Any]]
 
@@ -45,11 +47,16 @@ class RunPlan:
     negative: Conditioning
     latent: dict
     options: LayerFusionOptions
+    regions: Mapping[Stream, torch.Tensor] = field(default_factory=dict)
+    """Per FG stream with a layout, its region [H, W] at image size (1 = where the layer is)."""
 
     def __post_init__(self) -> None:
         missing = [self.stream_set.name(s) for s in self.stream_set.streams if self.prompts.get(s) is None]
         if missing:
             raise ValueError(f"missing conditioning for {', '.join(missing)}")
+        outside = [self.stream_set.name(s) for s in self.regions if s not in self.stream_set.fg_streams]
+        if outside:
+            raise ValueError(f"regions: only FG layers take a box or mask, got {', '.join(outside)}")
         if not isinstance(self.latent, dict) or "samples" not in self.latent:
             raise TypeError(
                 f"latent_image: expected a LATENT (a dict with 'samples'), got {type(self.latent).__name__}"

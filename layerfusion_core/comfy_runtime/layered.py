@@ -1,0 +1,78 @@
+"""A layered run: K FG layers (the layer-prompt chain, back to front), BG and BLENDED in one
+harmonised run, given back as a layer bundle."""
+
+from __future__ import annotations
+
+from ..layers.bundle import BG_KEY, BLENDED_KEY, LayerBundle
+from ..layers.prompts import LayerChain, check_token_widths
+from ..method.run_plan import Conditioning, RunPlan, SamplerSettings
+from ..method.streams import StreamRole, StreamSet
+from ..models.fg_weights import ForegroundWeights
+from ..models.transparent_vae import pixel_size
+from ..options import BlendMode, LayerFusionOptions
+from .conditioning import concat_conditionings
+from .sampling import sample_layers
+
+
+def layered_plan(
+    chain: LayerChain,
+    bg: Conditioning,
+    blended: Conditioning | None,
+    negative: Conditioning,
+    latent: dict,
+    options: LayerFusionOptions,
+) -> RunPlan:
+    """The run plan of a chain: FG_k is the chain's k-th layer; BLENDED defaults to the
+    layers' prompts and BG's, one after the other."""
+    if not isinstance(chain, LayerChain) or len(chain) == 0:
+        raise ValueError(
+            f"layers: expected a chain of LayerFusion Layer Prompt nodes, got {type(chain).__name__}"
+        )
+    check_token_widths(chain)
+    stream_set = StreamSet(foregrounds=len(chain), blended=options.blend.mode == BlendMode.GENERATIVE)
+    fgs = stream_set.fg_streams
+    prompts = {s: layer.conditioning for s, layer in zip(fgs, chain.layers, strict=True)}
+    prompts[next(s for s in stream_set.streams if s.role == StreamRole.BG)] = bg
+    if stream_set.blended:
+        if blended is None:
+            names = [layer.name for layer in chain.layers] + ["bg"]
+            blended = concat_conditionings([layer.conditioning for layer in chain.layers] + [bg], names)
+        prompts[next(s for s in stream_set.streams if s.role == StreamRole.BLENDED)] = blended
+    height, width = pixel_size(latent["samples"].shape[-2:])
+    regions = {}
+    for stream, layer in zip(fgs, chain.layers, strict=True):
+        region = layer.region(width, height, f"layer {layer.name!r}")
+        if region is not None:
+            regions[stream] = region
+    return RunPlan(stream_set, prompts, negative, latent, options, regions)
+
+
+def sample_layered(
+    model,
+    weights: ForegroundWeights | None,
+    chain: LayerChain,
+    bg: Conditioning,
+    blended: Conditioning | None,
+    negative: Conditioning,
+    latent: dict,
+    settings: SamplerSettings,
+    options: LayerFusionOptions,
+) -> LayerBundle:
+    """Sample the chain's layers, BG and BLENDED for every image of ``latent``."""
+    plan = layered_plan(chain, bg, blended, negative, latent, options)
+    result = sample_layers(model, weights, plan, settings)
+    latents = {str(stream): z for stream, z in result.latents.items()}
+    if BLENDED_KEY not in latents:  # alpha mode: BLENDED is not sampled and repeats BG
+        latents[BLENDED_KEY] = latents[BG_KEY].clone()
+    order = tuple(str(s) for s in plan.stream_set.fg_streams)
+    return LayerBundle(
+        order=order,
+        names={key: layer.name for key, layer in zip(order, chain.layers, strict=True)},
+        latents=latents,
+        masks={str(s): masks for s, masks in result.masks.items()},
+        prompts={str(s): p for s, p in plan.prompts.items()},
+        negative=negative,
+        boxes={key: layer.box for key, layer in zip(order, chain.layers, strict=True)},
+        settings=settings,
+        options=options,
+    )

@@ -1,0 +1,44 @@
+"""The layer bundle: what a layered run gives (LAYERFUSION_LAYERS), decoded or not.
+
+Keys are layer keys (strings: "fg0".."fg{K-1}", "bg", "blended"), so a bundle reads the same
+in any copy of the pack's modules. ``order`` lists the FG keys back to front; ``kept`` holds
+the latents a later re-harmonise starts from (at ``keep_percent``), empty when not kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+BG_KEY = "bg"
+BLENDED_KEY = "blended"
+
+
+@dataclass(frozen=True)
+class LayerBundle:
+    order: tuple[str, ...]  # FG keys, back to front
+    names: dict[str, str]  # key -> the layer's name
+    latents: dict[str, torch.Tensor]  # key -> final latent [N, 4, h, w] (every stream)
+    masks: dict[str, tuple[torch.Tensor, torch.Tensor]]  # FG key -> (soft, hard) [N, H, W], 1 = object
+    prompts: dict[str, Any]  # key -> the stream's positive CONDITIONING
+    negative: Any
+    boxes: dict[str, Any]  # FG key -> its Box, or None
+    settings: Any  # the run's SamplerSettings
+    options: Any  # the run's LayerFusionOptions
+    keep_percent: float | None = None
+    kept: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> latent at keep_percent
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # after decode: FG RGBA, BG/BLENDED RGB
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every stream's key, back to front: the FG layers, BG, BLENDED."""
+        return (*self.order, BG_KEY, BLENDED_KEY)
+
+    @property
+    def num_images(self) -> int:
+        return next(iter(self.latents.values())).shape[0]
+
+    def with_images(self, images: dict[str, torch.Tensor]) -> LayerBundle:
+        return replace(self, images=dict(images))
