@@ -22,6 +22,7 @@ import torch
 
 from ..architectures.sdxl import UNetLayout
 from ..method.controller import LayerFusionController, Phase
+from ..method.latent_pins import LatentEdits
 from ..method.streams import CallLayout, Stream, StreamRole, StreamSet
 from ..models.fg_weights import ForegroundWeights
 from ..models.row_deltas import RowDelta, RowSelection, make_row_delta_module
@@ -59,6 +60,7 @@ class LayerFusionPatch:
         window: tuple[float, float],
         prior_latent: torch.Tensor | None = None,
         prior_mask: torch.Tensor | None = None,
+        edits: LatentEdits | None = None,
     ) -> None:
         self.controller = controller
         self.unet = unet
@@ -69,6 +71,7 @@ class LayerFusionPatch:
         self.prior_latent = prior_latent
         self.prior_mask = prior_mask
         self.window = window  # (sigma_start, sigma_end): blending is active in between
+        self.edits = edits  # the paste and pins applied to the latent at each evaluation
         self.rows = RowSelection()
         self.deltas: list[RowDelta] = []
         self.hooks = AttentionHooks(controller, unet, lambda: self.layout)
@@ -160,6 +163,8 @@ class LayerFusionPatch:
 
     def _predict_noise(self, executor, x, timestep, model_options, seed):
         sigma = float(timestep.reshape(-1)[0])
+        if self.edits is not None:
+            self.edits.apply(x, sigma)
         start, end = self.window
         self.controller.begin_evaluation(active=end <= sigma <= start)
         if self.controller.uses_prior_pass:
@@ -222,16 +227,20 @@ def patch_model(
     eos_index: Mapping[Stream, torch.Tensor] | None,
     prior_latent: torch.Tensor | None = None,
     prior_mask: torch.Tensor | None = None,
+    regions: Mapping[Stream, torch.Tensor] | None = None,
+    edits: LatentEdits | None = None,
 ):
     """A clone of ``model`` with LayerFusion registered, and its patch object."""
-    controller = LayerFusionController(options, unet, stream_set, eos_index)
+    controller = LayerFusionController(options, unet, stream_set, eos_index, regions)
     sampling = model.get_model_object("model_sampling")
     blend = options.blend
     window = (
         float(sampling.percent_to_sigma(blend.start_percent)),
         float(sampling.percent_to_sigma(blend.end_percent)),
     )
-    patch = LayerFusionPatch(controller, unet, stream_set, prior_positive, window, prior_latent, prior_mask)
+    patch = LayerFusionPatch(
+        controller, unet, stream_set, prior_positive, window, prior_latent, prior_mask, edits
+    )
     clone = model.clone()
     patch.register(clone, weights)
     return clone, patch

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..architectures.sdxl import UNetLayout, layout_from_unet_config
+from ..method.latent_pins import LatentEdits, LatentPaste
 from ..method.run_plan import RunPlan, SamplerSettings
 from ..method.streams import Stream, StreamRole, StreamSet
 from ..models.fg_weights import ForegroundWeights
@@ -51,31 +52,62 @@ def model_unet_layout(model) -> UNetLayout:
 
 
 class SharedStreamNoise:
-    """A noise sampler giving every stream of an image the same per-step noise.
+    """A noise sampler giving the streams of an image their per-step noise.
 
-    It draws noise for the N images exactly as the sampler's own default would for a
-    plain batch of N (white noise from a generator seeded with ``seed``, or a Brownian
-    tree for SDE samplers), then repeats each image's noise over its S streams.
+    For each distinct stream seed it draws noise for the N images exactly as the sampler's
+    own default would for a plain batch of N (white noise from a generator seeded with that
+    seed, or a Brownian tree for SDE samplers); each stream of an image gets its seed's noise
+    (the same seed for every stream: the same noise, as one plain run would draw).
     """
 
     def __init__(
-        self, sampler_name: str, image_shape, streams: int, sigmas, seed: int, device, dtype
+        self, sampler_name: str, image_shape, stream_seeds: list[int], sigmas, device, dtype
     ) -> None:
         import comfy.k_diffusion.sampling as kds
 
         x = torch.zeros(image_shape, device=device, dtype=dtype)
         base = sampler_name.removesuffix("_gpu")
-        if base in BROWNIAN_SAMPLERS:
-            positive = sigmas[sigmas > 0]
-            self._sample = kds.BrownianTreeNoiseSampler(
-                x, positive.min(), sigmas.max(), seed=seed, cpu=not sampler_name.endswith("_gpu")
-            )
-        else:
-            self._sample = kds.default_noise_sampler(x, seed=seed)
-        self.streams = streams
+
+        def sampler_for(seed: int):
+            if base in BROWNIAN_SAMPLERS:
+                positive = sigmas[sigmas > 0]
+                return kds.BrownianTreeNoiseSampler(
+                    x, positive.min(), sigmas.max(), seed=seed, cpu=not sampler_name.endswith("_gpu")
+                )
+            return kds.default_noise_sampler(x, seed=seed)
+
+        self.stream_seeds = stream_seeds
+        self._samplers = {seed: sampler_for(seed) for seed in dict.fromkeys(stream_seeds)}
 
     def __call__(self, sigma, sigma_next) -> torch.Tensor:
-        return self._sample(sigma, sigma_next).repeat_interleave(self.streams, dim=0)
+        drawn = {seed: sample(sigma, sigma_next) for seed, sample in self._samplers.items()}
+        if len(drawn) == 1:
+            return next(iter(drawn.values())).repeat_interleave(len(self.stream_seeds), dim=0)
+        per_stream = torch.stack([drawn[seed] for seed in self.stream_seeds], dim=1)  # [N, S, ...]
+        return per_stream.reshape(-1, *per_stream.shape[2:])
+
+
+def stream_seeds(stream_set: StreamSet, seed: int, per_layer: bool) -> list[int]:
+    """The noise seed of each stream, in row order: FG_k (k >= 1) draws from seed + k with
+    per-layer noise (LAYERS.md 1), every other stream from the seed itself."""
+    return [
+        seed + stream.index if per_layer and stream.role == StreamRole.FG else seed
+        for stream in stream_set.streams
+    ]
+
+
+def initial_noise(latent_image: torch.Tensor, seeds: list[int], batch_index) -> torch.Tensor:
+    """[N * S, ...] initial noise, image-major: each stream of an image the noise ComfyUI
+    would give that image in a plain run with the stream's seed."""
+    import comfy.sample
+
+    drawn = {
+        seed: comfy.sample.prepare_noise(latent_image, seed, batch_index) for seed in dict.fromkeys(seeds)
+    }
+    if len(drawn) == 1:
+        return next(iter(drawn.values())).repeat_interleave(len(seeds), dim=0)
+    per_stream = torch.stack([drawn[seed] for seed in seeds], dim=1)
+    return per_stream.reshape(-1, *per_stream.shape[2:])
 
 
 def _progress_callback(model, steps: int):
@@ -125,11 +157,12 @@ def sample_layers(
     clone, patch = patch_model(
         model, weights, options, unet, stream_set, fg_only_conditioning(plan.prompts, stream_set, num_images), eos,
         prior_latent=latent_image.repeat_interleave(foregrounds, dim=0), prior_mask=prior_mask,
+        regions=plan.regions, edits=_latent_edits(model, plan, latent_image.shape[-2:]),
     )  # fmt: skip
 
+    seeds = stream_seeds(stream_set, settings.seed, plan.noise.per_layer_noise)
     if plan.noise.share_initial_noise:
-        noise = comfy.sample.prepare_noise(latent_image, settings.seed, plan.latent.get("batch_index"))
-        noise = noise.repeat_interleave(per_image, dim=0)
+        noise = initial_noise(latent_image, seeds, plan.latent.get("batch_index"))
     else:
         noise = comfy.sample.prepare_noise(latent_image.repeat_interleave(per_image, dim=0), settings.seed)
     stacked_latent = latent_image.repeat_interleave(per_image, dim=0)
@@ -153,9 +186,8 @@ def sample_layers(
         and "noise_sampler" in inspect.signature(sampler.sampler_function).parameters
     ):
         shared = SharedStreamNoise(
-            settings.sampler_name, latent_image.shape, per_image, sigmas, settings.seed, clone.load_device,
-            torch.float32,
-        )  # fmt: skip
+            settings.sampler_name, latent_image.shape, seeds, sigmas, clone.load_device, torch.float32
+        )
         sampler.extra_options = {**sampler.extra_options, "noise_sampler": shared}
 
     callback = _progress_callback(clone, sigmas.shape[-1] - 1)
@@ -164,12 +196,27 @@ def sample_layers(
         noise_mask=noise_mask, callback=callback, disable_pbar=True, seed=settings.seed,
     )  # fmt: skip
 
+    for pin in plan.pins:  # a pin through the end holds the final latent too
+        if pin.until_sigma <= 0:
+            pin.apply(samples, 0.0, stream_set)
     rows = samples.reshape(num_images, per_image, *samples.shape[1:])
     latents = {stream: rows[:, i] for i, stream in enumerate(stream_set.streams)}
     masks = _masks_at_image_size(
         patch.controller.final_masks(), stream_set, num_images, latent_image.shape[-2:]
     )
     return LayersResult(latents, masks)
+
+
+def _latent_edits(model, plan: RunPlan, latent_hw) -> LatentEdits | None:
+    """The paste (FG layers with a region, while BLENDED is sampled) and the plan's pins."""
+    paste = None
+    if plan.regions and plan.stream_set.blended:
+        paste = LatentPaste(plan.stream_set, plan.regions, latent_hw)
+    if paste is None and not plan.pins:
+        return None
+    sampling = model.get_model_object("model_sampling")
+    paste_sigma = float(sampling.percent_to_sigma(plan.options.layout.paste_end_percent))
+    return LatentEdits(plan.stream_set, paste, paste_sigma, plan.pins)
 
 
 def sample_triplet(

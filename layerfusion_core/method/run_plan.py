@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..options import BlendMode, LayerFusionOptions, NoiseOptions, require_finite
+from .latent_pins import Pin
 from .streams import Stream, StreamRole, StreamSet
 
 Conditioning = list[list[Any]]
@@ -49,11 +50,16 @@ class RunPlan:
     options: LayerFusionOptions
     regions: Mapping[Stream, torch.Tensor] = field(default_factory=dict)
     """Per FG stream with a layout, its region [H, W] at image size (1 = where the layer is)."""
+    pins: tuple[Pin, ...] = ()
+    """Streams (or regions of them) held to given latents (latent_pins.py)."""
 
     def __post_init__(self) -> None:
         missing = [self.stream_set.name(s) for s in self.stream_set.streams if self.prompts.get(s) is None]
         if missing:
             raise ValueError(f"missing conditioning for {', '.join(missing)}")
+        unknown = [str(p.stream) for p in self.pins if p.stream not in self.stream_set.streams]
+        if unknown:
+            raise ValueError(f"pins: no stream {', '.join(unknown)} in this run")
         outside = [self.stream_set.name(s) for s in self.regions if s not in self.stream_set.fg_streams]
         if outside:
             raise ValueError(f"regions: only FG layers take a box or mask, got {', '.join(outside)}")
