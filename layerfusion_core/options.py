@@ -209,12 +209,16 @@ class NoiseOptions:
 class LayoutOptions:
     """How a layer's box or mask steers it (LAYERS.md 1, OURS); percents as ComfyUI's."""
 
+    # Until here FG_k's cross-attention uses its prompt inside its region and the empty prompt
+    # outside (an attention couple in FG_k's rows), so the object is drawn inside the box.
+    couple_end_percent: float = 0.30
     paste_end_percent: float = 0.15  # until here BLENDED's latent is pasted into FG_k inside its region
 
     def __post_init__(self) -> None:
-        require_finite("paste_end_percent", self.paste_end_percent)
-        if not 0.0 <= self.paste_end_percent <= 1.0:
-            raise ValueError(f"paste_end_percent: expected 0 <= value <= 1, got {self.paste_end_percent}")
+        for name in ("couple_end_percent", "paste_end_percent"):
+            value = require_finite(name, getattr(self, name))
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}: expected 0 <= value <= 1, got {value}")
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,14 @@ through; extra passes of other packs (PAG, SAG, ...) never see our hooks."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 
 from ..architectures.sdxl import UNetLayout
 from ..method.controller import AttentionCall, LayerFusionController, Phase
-from ..method.streams import CallLayout
+from ..method.streams import CallLayout, Stream
 from ..options import BlockKey
 
 PHASE_KEY = "layerfusion_phase"
@@ -24,10 +25,13 @@ class AttentionHooks:
         controller: LayerFusionController,
         unet: UNetLayout,
         layout: Callable[[], CallLayout | None],
+        context_keys: Callable[[BlockKey, Stream, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+        | None = None,
     ) -> None:
         self.controller = controller
         self.unet = unet
         self.layout = layout  # the current UNet call's row layout (set by the patch's wrapper)
+        self.context_keys = context_keys  # a stream's empty-prompt keys at a block (the couple)
         self._replace_cache: dict[tuple, Callable] = {}
 
     def tagged_options(self, model_options: dict, phase: Phase) -> dict:
@@ -99,6 +103,7 @@ class AttentionHooks:
             grid=tuple(extra_options["activations_shape"][-2:]),
             call_through=call_through,
             attention=attention,
+            context_keys=None if self.context_keys is None else functools.partial(self.context_keys, key),
         )
 
     def _output_patch(self, out: torch.Tensor, extra_options: dict, attention: str) -> torch.Tensor:

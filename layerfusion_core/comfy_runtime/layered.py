@@ -39,12 +39,14 @@ def layered_plan(
             blended = concat_conditionings([layer.conditioning for layer in chain.layers] + [bg], names)
         prompts[next(s for s in stream_set.streams if s.role == StreamRole.BLENDED)] = blended
     height, width = pixel_size(latent["samples"].shape[-2:])
-    regions = {}
+    regions, empty = {}, {}
     for stream, layer in zip(fgs, chain.layers, strict=True):
         region = layer.region(width, height, f"layer {layer.name!r}")
         if region is not None:
             regions[stream] = region
-    return RunPlan(stream_set, prompts, negative, latent, options, regions)
+            if layer.empty is not None:
+                empty[stream] = layer.empty[0][0]
+    return RunPlan(stream_set, prompts, negative, latent, options, regions, empty)
 
 
 def sample_layered(

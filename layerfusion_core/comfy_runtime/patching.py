@@ -26,7 +26,7 @@ from ..method.latent_pins import LatentEdits
 from ..method.streams import CallLayout, Stream, StreamRole, StreamSet
 from ..models.fg_weights import ForegroundWeights
 from ..models.row_deltas import RowDelta, RowSelection, make_row_delta_module
-from ..options import LayerFusionOptions
+from ..options import BlockKey, LayerFusionOptions
 from .attention_hooks import PHASE_KEY, AttentionHooks
 from .casting import cast_weight_bias
 from .memory import RunMemory, attention_row_factor
@@ -61,6 +61,7 @@ class LayerFusionPatch:
         prior_latent: torch.Tensor | None = None,
         prior_mask: torch.Tensor | None = None,
         edits: LatentEdits | None = None,
+        couple: tuple[Mapping[Stream, torch.Tensor], float] | None = None,
     ) -> None:
         self.controller = controller
         self.unet = unet
@@ -74,7 +75,14 @@ class LayerFusionPatch:
         self.edits = edits  # the paste and pins applied to the latent at each evaluation
         self.rows = RowSelection()
         self.deltas: list[RowDelta] = []
-        self.hooks = AttentionHooks(controller, unet, lambda: self.layout)
+        # The attention couple: each coupled FG stream's empty-prompt context [1, T, C], and the
+        # sigma down to which it applies.
+        self.empty_contexts, self.couple_sigma = couple or ({}, float("inf"))
+        self._empty_keys: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.model = None
+        self.hooks = AttentionHooks(
+            controller, unet, lambda: self.layout, self._context_keys if self.empty_contexts else None
+        )
         self._warned_layout = False
         self.reset()
 
@@ -92,6 +100,27 @@ class LayerFusionPatch:
         inner = getattr(patcher, "model", None)
         self.rows.weights_id = getattr(inner, "current_weight_patches_uuid", None)
 
+    def _context_keys(
+        self, block: BlockKey, stream: Stream, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``stream``'s empty-prompt context through ``block``'s own cross-attention to_k and
+        to_v (with the FG delta: the context is an FG row's), cached for the run."""
+        key = (block, stream, like.device, like.dtype)
+        cached = self._empty_keys.get(key)
+        if cached is None:
+            path = f"diffusion_model.{self.unet.by_key[block].ldm_path}.attn2"
+            context = self.empty_contexts[stream].to(like.device, like.dtype)
+            saved = self.rows.indices
+            self.rows.indices = torch.zeros(1, dtype=torch.long, device=like.device)
+            try:
+                cached = tuple(
+                    self.model.get_model_object(f"{path}.{name}")(context) for name in ("to_k", "to_v")
+                )
+            finally:
+                self.rows.indices = saved
+            self._empty_keys[key] = cached
+        return cached
+
     def release(self, *_: Any) -> None:
         for delta in self.deltas:
             delta.release()
@@ -108,6 +137,7 @@ class LayerFusionPatch:
     # -- registration ------------------------------------------------------------------
     def register(self, model, weights: ForegroundWeights | None) -> None:
         """Add the object patches, wrappers and callbacks to ``model`` (a clone)."""
+        self.model = model
         comfy = _comfy()
         if weights is not None and weights.strength != 0:
             for path, delta in weights.deltas.items():
@@ -166,7 +196,7 @@ class LayerFusionPatch:
         if self.edits is not None:
             self.edits.apply(x, sigma)
         start, end = self.window
-        self.controller.begin_evaluation(active=end <= sigma <= start)
+        self.controller.begin_evaluation(active=end <= sigma <= start, coupled=sigma > self.couple_sigma)
         if self.controller.uses_prior_pass:
             self._prior_pass(executor.class_obj, x, timestep, model_options, seed)
         self.expect_main = True
@@ -229,17 +259,24 @@ def patch_model(
     prior_mask: torch.Tensor | None = None,
     regions: Mapping[Stream, torch.Tensor] | None = None,
     edits: LatentEdits | None = None,
+    empty_contexts: Mapping[Stream, torch.Tensor] | None = None,
 ):
     """A clone of ``model`` with LayerFusion registered, and its patch object."""
-    controller = LayerFusionController(options, unet, stream_set, eos_index, regions)
+    empty_contexts = dict(empty_contexts or {})
+    controller = LayerFusionController(
+        options, unet, stream_set, eos_index, regions, frozenset(empty_contexts)
+    )
     sampling = model.get_model_object("model_sampling")
     blend = options.blend
     window = (
         float(sampling.percent_to_sigma(blend.start_percent)),
         float(sampling.percent_to_sigma(blend.end_percent)),
     )
+    couple = None
+    if empty_contexts:
+        couple = (empty_contexts, float(sampling.percent_to_sigma(options.layout.couple_end_percent)))
     patch = LayerFusionPatch(
-        controller, unet, stream_set, prior_positive, window, prior_latent, prior_mask, edits
+        controller, unet, stream_set, prior_positive, window, prior_latent, prior_mask, edits, couple
     )
     clone = model.clone()
     patch.register(clone, weights)

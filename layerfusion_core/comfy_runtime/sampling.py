@@ -158,6 +158,7 @@ def sample_layers(
         model, weights, options, unet, stream_set, fg_only_conditioning(plan.prompts, stream_set, num_images), eos,
         prior_latent=latent_image.repeat_interleave(foregrounds, dim=0), prior_mask=prior_mask,
         regions=plan.regions, edits=_latent_edits(model, plan, latent_image.shape[-2:]),
+        empty_contexts=plan.empty_contexts,
     )  # fmt: skip
 
     seeds = stream_seeds(stream_set, settings.seed, plan.noise.per_layer_noise)

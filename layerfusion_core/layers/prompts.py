@@ -62,6 +62,7 @@ class LayerPrompt:
     name: str
     box: Box | None = None
     mask: torch.Tensor | None = None  # [H, W] in 0..1, 1 = the layer's region (MASK convention of its own)
+    empty: Conditioning | None = None  # the empty prompt from the same CLIP (outside the region, early)
 
     def region(self, image_width: int, image_height: int, name: str) -> torch.Tensor | None:
         """The layer's region as an [H, W] mask at image size, or None without a layout;

@@ -16,6 +16,7 @@ from .blend import AttentionFn, blend_layers, shared_attention, union_mask
 from .mask_source import PriorMasks
 from .priors import content_prior, minmax, sparsity_score
 from .recorder import PriorRecorder
+from .regions import region_at_grid
 from .streams import CallLayout, Chunk, Stream, StreamRole, StreamSet, merge, split
 
 
@@ -35,6 +36,10 @@ class AttentionCall:
     grid: tuple[int, int]  # (h, w) of the layer's token grid
     call_through: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     attention: AttentionFn  # plain attention(q, k, v, heads, mask=None) for our own calls
+    # Cross-attention only: ``context_keys(stream, like)``, the (keys, values) [1, T, C] of a
+    # stream's empty-prompt context at this layer, as the layer's own projections make them,
+    # on like's device and dtype (the attention couple); None when the run has no couple.
+    context_keys: Callable[[Stream, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class AttentionPolicy:
         recorder: PriorRecorder,
         masks: PriorMasks,
         eos_index: Mapping[Stream, torch.Tensor] | None,
+        couple_regions: Mapping[Stream, torch.Tensor] | None = None,
     ) -> None:
         self.options = options
         self.stream_set = stream_set
@@ -67,6 +73,9 @@ class AttentionPolicy:
         self.recorder = recorder
         self.masks = masks
         self.eos_index = eos_index  # [N] global EOS index of each image's prompt, per FG stream
+        # FG streams drawn inside their region early in the run: region [H, W] at image size
+        self.couple_regions = dict(couple_regions or {})
+        self._couple_gates: dict[tuple, torch.Tensor] = {}
 
     # -- what runs where ----------------------------------------------------------------
     @property
@@ -148,10 +157,36 @@ class AttentionPolicy:
     def cross_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall
     ) -> torch.Tensor:
-        """attn2 replace: record the content prior; each stream keeps its own prompt."""
+        """attn2 replace: record the content prior; each stream keeps its own prompt, but a
+        coupled FG stream sees the empty prompt outside its region while the couple lasts."""
         if call.block in self.scope.content_blocks:
             self._record_content(call, q, k)
-        return call.call_through(q, k, v)
+        out = call.call_through(q, k, v)
+        if self.couple_regions and self.recorder.coupled and call.context_keys is not None:
+            out = self._couple(q, out, call)
+        return out
+
+    def _couple(self, q: torch.Tensor, out: torch.Tensor, call: AttentionCall) -> torch.Tensor:
+        """In each coupled stream's rows: the prompt's attention inside the region, the empty
+        prompt's outside, mixed by the region at this grid (feathered over one cell)."""
+        for stream, region in self.couple_regions.items():
+            if not call.layout.has_stream(stream):
+                continue
+            rows = call.layout.index_tensor(stream, q.device)
+            k_empty, v_empty = call.context_keys(stream, q)
+            q_rows = q.index_select(0, rows)
+            count = q_rows.shape[0]
+            empty = call.attention(
+                q_rows, k_empty.expand(count, -1, -1), v_empty.expand(count, -1, -1), call.heads
+            )
+            key = (stream, call.grid, q.device, q.dtype)
+            gate = self._couple_gates.get(key)
+            if gate is None:
+                gate = self._couple_gates[key] = region_at_grid(region, call.grid).to(q.device, q.dtype)[
+                    None, :, None
+                ]
+            out = out.index_copy(0, rows, torch.lerp(empty, out.index_select(0, rows), gate))
+        return out
 
     def blend_output(self, out: torch.Tensor, call: AttentionCall, attention: str) -> torch.Tensor:
         """attn1/attn2 output patch (after to_out): Eq. 1 and Eq. 2 between the FG streams and

@@ -38,10 +38,12 @@ class LayerFusionController:
         stream_set: StreamSet,
         eos_index: Mapping[Stream, torch.Tensor] | None,
         regions: Mapping[Stream, torch.Tensor] | None = None,
+        coupled: frozenset[Stream] = frozenset(),
     ) -> None:
         """``eos_index``: per FG stream, the [N] global EOS index of each image's prompt
         (None: the content prior averages over the prompt's tokens). ``regions``: per FG
-        stream with a layout, its region [H, W] at image size; its masks are gated by it."""
+        stream with a layout, its region [H, W] at image size; its masks are gated by it.
+        ``coupled``: the streams with a region whose cross-attention is coupled early."""
         self.options = options
         self.unet = unet
         self.stream_set = stream_set
@@ -51,7 +53,10 @@ class LayerFusionController:
             options, self.recorder, self.scope.structure_block, stream_set.fg_streams
         )
         self.masks = RegionGatedMasks(self.prior_masks, dict(regions)) if regions else self.prior_masks
-        self.policy = AttentionPolicy(options, stream_set, self.scope, self.recorder, self.masks, eos_index)
+        couple = {s: r for s, r in (regions or {}).items() if s in coupled}
+        self.policy = AttentionPolicy(
+            options, stream_set, self.scope, self.recorder, self.masks, eos_index, couple
+        )
 
     # -- the run's shape ------------------------------------------------------------------
     @property
@@ -93,9 +98,10 @@ class LayerFusionController:
         self.recorder.reset()
         self.masks.reset()
 
-    def begin_evaluation(self, active: bool) -> None:
-        """Start of one model evaluation; ``active`` = inside the blending step range."""
-        self.recorder.begin_evaluation(active)
+    def begin_evaluation(self, active: bool, coupled: bool = False) -> None:
+        """Start of one model evaluation; ``active`` = inside the blending step range,
+        ``coupled`` = inside the layers' attention-couple window."""
+        self.recorder.begin_evaluation(active, coupled)
         self.masks.begin_evaluation()
 
     @property

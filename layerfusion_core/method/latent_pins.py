@@ -65,8 +65,8 @@ class Pin:
 
 
 class LatentEdits:
-    """What a run sets in its latent at each evaluation: the paste while sigma >=
-    ``paste_sigma``, then every pin."""
+    """What a run sets in its latent at each evaluation: the paste while sigma is above
+    ``paste_sigma`` (a window ending at percent 0 pastes nothing), then every pin."""
 
     def __init__(
         self, stream_set: StreamSet, paste: LatentPaste | None, paste_sigma: float, pins: tuple[Pin, ...]
@@ -77,7 +77,7 @@ class LatentEdits:
         self.pins = pins
 
     def apply(self, x: torch.Tensor, sigma: float) -> None:
-        if self.paste is not None and sigma >= self.paste_sigma:
+        if self.paste is not None and sigma > self.paste_sigma:
             self.paste.apply(x)
         for pin in self.pins:
             pin.apply(x, sigma, self.stream_set)

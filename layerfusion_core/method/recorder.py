@@ -41,16 +41,19 @@ class PriorRecorder:
         """Start of a sampling run: forget every map."""
         self.evaluation = -1
         self.active = False  # the blending/sharing window contains this evaluation
+        self.coupled = False  # the layers' attention couple applies in this evaluation
         self.recording = Maps()
         self.previous: Maps | None = None
 
-    def begin_evaluation(self, active: bool) -> None:
-        """Start of one model evaluation; ``active`` = inside the blending window."""
+    def begin_evaluation(self, active: bool, coupled: bool = False) -> None:
+        """Start of one model evaluation; ``active`` = inside the blending window, ``coupled``
+        = inside the layers' attention-couple window."""
         if self.recording.has_structure:
             self.previous = self.recording
         self.recording = Maps()
         self.evaluation += 1
         self.active = active
+        self.coupled = coupled
 
     def record_sparsity(self, stream: Stream, sparsity: torch.Tensor, grid: tuple[int, int]) -> None:
         self.recording.sparsity[stream] = sparsity

@@ -50,6 +50,9 @@ class RunPlan:
     options: LayerFusionOptions
     regions: Mapping[Stream, torch.Tensor] = field(default_factory=dict)
     """Per FG stream with a layout, its region [H, W] at image size (1 = where the layer is)."""
+    empty_contexts: Mapping[Stream, torch.Tensor] = field(default_factory=dict)
+    """Per FG stream with a region, the empty prompt's context [1, T, C]: its cross-attention
+    outside the region early in the run (the attention couple; options.layout)."""
     pins: tuple[Pin, ...] = ()
     """Streams (or regions of them) held to given latents (latent_pins.py)."""
 
@@ -60,6 +63,9 @@ class RunPlan:
         unknown = [str(p.stream) for p in self.pins if p.stream not in self.stream_set.streams]
         if unknown:
             raise ValueError(f"pins: no stream {', '.join(unknown)} in this run")
+        uncoupled = [self.stream_set.name(s) for s in self.empty_contexts if s not in self.regions]
+        if uncoupled:
+            raise ValueError(f"empty_contexts: {', '.join(uncoupled)} has no region to couple inside")
         outside = [self.stream_set.name(s) for s in self.regions if s not in self.stream_set.fg_streams]
         if outside:
             raise ValueError(f"regions: only FG layers take a box or mask, got {', '.join(outside)}")

@@ -139,7 +139,7 @@ def test_the_early_paste_makes_the_boxed_layer_equal_blended_inside_its_box(tiny
     sampling = tiny_sdxl.get_model_object("model_sampling")
     sigmas = [float(s) for s in comfy.samplers.calculate_sigmas(sampling, "normal", steps)[:-1]]
     paste_sigma = float(sampling.percent_to_sigma(0.5))
-    pasted = [i for i, s in enumerate(sigmas) if s >= paste_sigma]
+    pasted = [i for i, s in enumerate(sigmas) if s > paste_sigma]
     assert 0 < len(pasted) < steps
     for i in pasted:  # at every evaluation of the window, up to its end
         fg1, blended = rows_of(main[i], FG1, stream_set), rows_of(main[i], BL, stream_set)
@@ -204,3 +204,20 @@ def test_layer_errors_name_the_layer_and_the_input(tiny_sdxl):
     other_clip = LayerPrompt(make_cond(5, context_dim=32), "t", "front")
     with pytest.raises(ValueError, match="CLIPs of different widths"):
         run_chain(tiny_sdxl, LayerChain().add(layer(1, "back")).add(other_clip))
+
+
+def test_the_couple_reaches_only_the_boxed_layer_and_only_while_it_lasts(tiny_sdxl):
+    box = Box(0, 0, 64, 128)
+    boxed = LayerPrompt(layer(5, "front").conditioning, "t", "front", box, empty=make_cond(12))
+    chain = LayerChain().add(layer(1, "back")).add(boxed)
+    never = LayerFusionOptions(
+        blend=NO_BLEND.blend, layout=LayoutOptions(couple_end_percent=0.0, paste_end_percent=0.0)
+    )
+    always = LayerFusionOptions(
+        blend=NO_BLEND.blend, layout=LayoutOptions(couple_end_percent=1.0, paste_end_percent=0.0)
+    )
+    _, off = run_chain(tiny_sdxl, chain, never)
+    _, on = run_chain(tiny_sdxl, chain, always)
+    assert (on.latents[FG1] - off.latents[FG1]).abs().max() > 1e-3
+    for stream in (FG0, BG, BL):
+        assert torch.equal(on.latents[stream], off.latents[stream])
