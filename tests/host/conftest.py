@@ -10,7 +10,8 @@ Where ComfyUI is looked for (first hit wins):
 ``LAYERFUSION_TEST_THREADS`` sets torch's intra-op threads during host tests (default 1: on a
 small, shared CPU machine multi-threaded tiny ops run 20x slower, and results stay reproducible).
 
-Fixtures: comfy_host, pack, tiny_sdxl, make_tiny_sdxl, forced_split (see each docstring).
+Fixtures: comfy_host, pack, tiny_sdxl, make_tiny_sdxl, forced_split, layer_model_dir (see each
+docstring).
 Helpers that are not fixtures live in ``support``: ``comfy_import`` (find and import ComfyUI),
 ``pack_loading`` (load a pack, run a node or a prompt), ``tiny_sdxl`` (the tiny model and its
 inputs) and ``host_probes`` (UNet-call batching, free memory, torch threads).
@@ -92,6 +93,19 @@ def forced_split(comfy_host: ComfyHost) -> Iterator[None]:
     go into separate UNet calls (negative first), as on a GPU short of memory."""
     with low_free_memory():
         yield
+
+
+@pytest.fixture
+def layer_model_dir(comfy_host: ComfyHost, tmp_path):
+    """A scratch folder first in ComfyUI's ``layer_model`` search paths (removed afterwards)."""
+    import folder_paths
+
+    paths, _ = folder_paths.folder_names_and_paths["layer_model"]
+    paths.insert(0, str(tmp_path))
+    folder_paths.filename_list_cache.clear()
+    yield tmp_path
+    paths.remove(str(tmp_path))
+    folder_paths.filename_list_cache.clear()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

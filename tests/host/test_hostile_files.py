@@ -18,18 +18,6 @@ DECODER_LOADER = "LayerFusionTransparentDecoderLoader"
 FG_INPUTS = {"strength": 1.0, "application": "on_the_fly"}
 
 
-@pytest.fixture
-def layer_model_dir(comfy_host, tmp_path):
-    import folder_paths
-
-    paths, _ = folder_paths.folder_names_and_paths["layer_model"]
-    paths.insert(0, str(tmp_path))
-    folder_paths.filename_list_cache.clear()
-    yield tmp_path
-    paths.remove(str(tmp_path))
-    folder_paths.filename_list_cache.clear()
-
-
 def sdxl_lora(dtype=torch.float16) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     sd = {}

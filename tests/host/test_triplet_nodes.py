@@ -81,18 +81,6 @@ def test_text_encode_default_blended_prompt(pack):
         run_node(pack.node("LayerFusionTextEncode"), clip=Recording(), fg_text="  ", bg_text="a sofa")
 
 
-@pytest.fixture
-def layer_model_dir(comfy_host, tmp_path):
-    import folder_paths
-
-    paths, _ = folder_paths.folder_names_and_paths["layer_model"]
-    paths.insert(0, str(tmp_path))
-    folder_paths.filename_list_cache.clear()
-    yield tmp_path
-    paths.remove(str(tmp_path))
-    folder_paths.filename_list_cache.clear()
-
-
 def test_foreground_loader_reads_an_sdxl_lora_and_refuses_bad_files(pack, layer_model_dir):
     g = torch.Generator().manual_seed(0)
     sd = {}
