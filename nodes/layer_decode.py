@@ -7,8 +7,8 @@ import torch
 from comfy_api.latest import io
 
 from ..layerfusion_core.comfy_runtime.layer_decoding import decode_layers
-from ..layerfusion_core.layers.bundle import BG_KEY, BLENDED_KEY, LayerBundle
-from ..layerfusion_core.layers.document import check_image_index, fg_batch, layers_document
+from ..layerfusion_core.layers.bundle import BG_KEY, BLENDED_KEY
+from ..layerfusion_core.layers.document import check_bundle, check_image_index, fg_batch, layers_document
 from .decoder import check_decoder, transparent_decode_inputs
 from .schema import layerfusion_schema
 from .types import DecoderType, LayerBundleType, LayersDocumentType
@@ -64,10 +64,7 @@ class LayerFusionDecodeLayers(io.ComfyNode):
     def execute(
         cls, bundle, vae, decoder, tta: bool, sub_batch: int, document_image: int = 0
     ) -> io.NodeOutput:
-        if not isinstance(bundle, LayerBundle):
-            raise TypeError(
-                f"bundle: expected the bundle of LayerFusion Layers Sampler, got {type(bundle).__name__}"
-            )
+        bundle = check_bundle(bundle, "bundle", decoded=False)
         if not callable(getattr(vae, "decode", None)):
             raise TypeError(f"vae: expected a VAE, got {type(vae).__name__}")
         check_decoder(decoder)

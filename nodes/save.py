@@ -33,6 +33,7 @@ from comfy_api.latest import io, ui
 
 from ..layerfusion_core.comfy_runtime.saving import LayerFiles, bundle_files, save_layers
 from ..layerfusion_core.layers.bundle import LayerBundle
+from ..layerfusion_core.layers.document import check_bundle
 from ..layerfusion_core.layers.psd import check_same_size, import_psd_tools
 from .schema import layerfusion_schema
 from .types import LayerBundleType
@@ -94,18 +95,14 @@ def check_layer_inputs(
 
 def check_bundle_inputs(bundle: Any, unused: dict[str, Any]) -> LayerBundle:
     """The decoded bundle; ValueError naming ``bundle``, or an image input given with it."""
-    if not isinstance(bundle, LayerBundle) or not bundle.images:
-        got = type(bundle).__name__ if not isinstance(bundle, LayerBundle) else "a bundle without images"
-        raise ValueError(
-            f"bundle: expected a decoded layer bundle (LayerFusion Decode Layers' bundle output), got {got}"
-        )
+    decoded = check_bundle(bundle, "bundle", decoded=True)
     given = [name for name, value in unused.items() if value is not None]
     if given:
         raise ValueError(
             f"{given[0]}: not used when bundle is connected (the bundle holds every layer and its masks); "
             "disconnect one of them"
         )
-    return bundle
+    return decoded
 
 
 class LayerFusionSaveLayers(io.ComfyNode):

@@ -25,6 +25,24 @@ DOCUMENT_VERSION = 1
 RGB = 3
 
 
+BUNDLE_FIELDS = ("order", "names", "latents", "masks", "images", "with_images")
+
+
+def check_bundle(value: Any, name: str, decoded: bool) -> LayerBundle:
+    """``value`` as a layer bundle (by its fields, so a bundle made by another copy of the
+    pack's modules passes too); ValueError naming input ``name`` otherwise, or when
+    ``decoded`` and it has no images."""
+    if not all(hasattr(value, f) for f in BUNDLE_FIELDS):
+        what = "a decoded layer bundle (LayerFusion Decode Layers)" if decoded else "a layer bundle"
+        raise ValueError(f"{name}: expected {what}, got {type(value).__name__}")
+    if decoded and not value.images:
+        raise ValueError(
+            f"{name}: expected a decoded layer bundle (LayerFusion Decode Layers' decoded output), got a "
+            "bundle without images"
+        )
+    return value
+
+
 def fg_batch(bundle: LayerBundle, images: dict[str, torch.Tensor]) -> torch.Tensor:
     """The FG layers of every image as one batch, image-major: row ``n * K + k`` is layer
     ``k`` (back to front) of image ``n``. ``images``: key -> [N, H, W, C]."""
