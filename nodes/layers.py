@@ -14,9 +14,9 @@ from ..layerfusion_core.comfy_runtime.layered import sample_layered
 from ..layerfusion_core.layers.bundle import BLENDED_KEY
 from ..layerfusion_core.layers.prompts import MAX_LAYERS, Box, LayerChain, LayerPrompt, check_token_widths
 from ..layerfusion_core.options import BlendOptions, PriorOptions
-from .sampler import latent_like, run_option_inputs, run_options
+from .sampler import latent_like, model_inputs, run_option_inputs, run_options
 from .schema import layerfusion_schema
-from .types import ForegroundWeightsType, LayerBundleType, LayerPromptsType
+from .types import LayerBundleType, LayerPromptsType
 from .widgets import output, sampler_settings_inputs
 
 MAX_BOX_SIDE = 16384
@@ -137,12 +137,7 @@ class LayerFusionLayersSampler(io.ComfyNode):
             "background and the blended image together in one harmonised run. A latent batch of N gives "
             "N sets of layers.",
             inputs=[
-                io.Model.Input(
-                    "model", tooltip="The SDXL model (not modified: the sampler works on a clone)."
-                ),
-                ForegroundWeightsType.Input(
-                    "fg_weights", tooltip="From LayerFusion Foreground Weights Loader."
-                ),
+                *model_inputs(),
                 LayerPromptsType.Input("layers", tooltip="The last LayerFusion Layer Prompt of the chain."),
                 io.Conditioning.Input("bg", tooltip="Background prompt."),
                 io.Conditioning.Input("negative", tooltip="Negative prompt, shared by every stream."),
@@ -176,19 +171,15 @@ class LayerFusionLayersSampler(io.ComfyNode):
         bg,
         negative,
         latent_image,
-        seed: int,
-        steps: int,
-        cfg: float,
-        sampler_name: str,
-        scheduler: str,
-        denoise: float,
         shared_noise: bool = True,
         prior_options: PriorOptions | None = None,
         blend_options: BlendOptions | None = None,
         blended=None,
+        **sampler_settings: Any,
     ) -> io.NodeOutput:
+        """``sampler_settings``: the ``sampler_settings_inputs`` widgets, SamplerSettings' fields."""
         options = run_options(shared_noise, prior_options, blend_options)
-        settings = SamplerSettings(seed, steps, cfg, sampler_name, scheduler, denoise)
+        settings = SamplerSettings(**sampler_settings)
         bundle = sample_layered(
             model, fg_weights, layers, bg, blended, negative, latent_image, settings, options
         )

@@ -12,6 +12,14 @@ from .types import BlendOptionsType, ForegroundWeightsType, PriorOptionsType
 from .widgets import output, sampler_settings_inputs
 
 
+def model_inputs() -> list:
+    """The samplers' model and FG weights sockets."""
+    return [
+        io.Model.Input("model", tooltip="The SDXL model (not modified: the sampler works on a clone)."),
+        ForegroundWeightsType.Input("fg_weights", tooltip="From LayerFusion Foreground Weights Loader."),
+    ]
+
+
 def run_option_inputs() -> list:
     """The samplers' run options after the sampler settings: shared_noise, prior_options,
     blend_options."""
@@ -63,12 +71,7 @@ class LayerFusionTripletSampler(io.ComfyNode):
             "blended image together; FG priors blend attention between FG and blended, and blended and "
             "background share attention. A latent batch of N gives N triplets.",
             inputs=[
-                io.Model.Input(
-                    "model", tooltip="The SDXL model (not modified: the sampler works on a clone)."
-                ),
-                ForegroundWeightsType.Input(
-                    "fg_weights", tooltip="From LayerFusion Foreground Weights Loader."
-                ),
+                *model_inputs(),
                 io.Conditioning.Input("fg", tooltip="Foreground prompt (LayerFusion Text Encode's fg)."),
                 io.Conditioning.Input("bg", tooltip="Background prompt."),
                 io.Conditioning.Input("blended", tooltip="Blended-image prompt."),

@@ -66,6 +66,21 @@ def sample(pack, model, chain, sampler_name="euler", images=1, **kw):
     ).result
 
 
+def decode(pack, bundle, decoder, document_image=0):
+    """Decode Layers as the executor runs it: in inference mode (the tiny VAE may have been
+    loaded by an executor run already, its weights then inference tensors)."""
+    with torch.inference_mode():
+        return run_node(
+            pack.node("LayerFusionDecodeLayers"),
+            bundle=bundle,
+            vae=tiny_vae(),
+            decoder=decoder,
+            tta=False,
+            sub_batch=1,
+            document_image=document_image,
+        ).result
+
+
 # --- K = 1 is the triplet ----------------------------------------------------------------
 
 
@@ -118,22 +133,15 @@ def test_decode_layers_gives_rgba_layers_masks_and_a_layers_document(pack, tiny_
     chain = layer(pack, clip, "a chair", "chair")
     chain = layer(pack, clip, "a cat", "cat", layers=chain)
     bundle, _ = sample(pack, tiny_sdxl, chain, images=2)
-    decoded, fgs, bg, blended, soft, hard, document = run_node(
-        pack.node("LayerFusionDecodeLayers"),
-        bundle=bundle,
-        vae=tiny_vae(),
-        decoder=decoder,
-        tta=False,
-        sub_batch=1,
-        document_image=1,
-    ).result
+    decoded, fgs, bg, blended, soft, hard, document = decode(pack, bundle, decoder, document_image=1)
     assert fgs.shape == (4, SIZE, SIZE, 4) and bg.shape == blended.shape == (2, SIZE, SIZE, 3)
     assert soft.shape == hard.shape == (4, SIZE, SIZE)
     for n in range(2):  # image-major: image n's layers back to front
         for k, key in enumerate(("fg0", "fg1")):
             assert torch.equal(fgs[2 * n + k], decoded.images[key][n])
             assert torch.equal(hard[2 * n + k], bundle.masks[key][1][n])
-    vae_bg = tiny_vae().decode(bundle.latents["bg"])
+    with torch.inference_mode():
+        vae_bg = tiny_vae().decode(bundle.latents["bg"])
     torch.testing.assert_close(bg, vae_bg.float().reshape(bg.shape))
     assert fgs[..., 3].std() > 0  # the transparent decoder's alpha
     assert [(i["name"], i["z_index"], i["visible"]) for i in document["layers"]] == [
@@ -148,15 +156,7 @@ def test_decode_layers_gives_rgba_layers_masks_and_a_layers_document(pack, tiny_
     info = pack.node("LayerFusionDecodeLayers").GET_NODE_INFO_V1()
     assert info["output"][-1] == "LAYERS"  # core's type: Create Layered Image takes it
     with pytest.raises(ValueError, match=r"document_image: expected an image of the batch, 0 \.\. 1, got 2"):
-        run_node(
-            pack.node("LayerFusionDecodeLayers"),
-            bundle=bundle,
-            vae=tiny_vae(),
-            decoder=decoder,
-            tta=False,
-            sub_batch=1,
-            document_image=2,
-        )
+        decode(pack, bundle, decoder, document_image=2)
 
 
 def test_decode_layers_honours_cancel(comfy_host, pack, tiny_sdxl, clip, decoder):
@@ -165,14 +165,7 @@ def test_decode_layers_honours_cancel(comfy_host, pack, tiny_sdxl, clip, decoder
     mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            run_node(
-                pack.node("LayerFusionDecodeLayers"),
-                bundle=bundle,
-                vae=tiny_vae(),
-                decoder=decoder,
-                tta=False,
-                sub_batch=1,
-            )
+            decode(pack, bundle, decoder)
     finally:
         mm.interrupt_current_processing(False)
 
