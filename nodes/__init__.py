@@ -13,6 +13,8 @@ from .composite import LayerFusionAlphaComposite  # noqa: E402
 from .decoder import LayerFusionTransparentDecode, LayerFusionTransparentDecoderLoader  # noqa: E402
 from .encode import LayerFusionTextEncode  # noqa: E402
 from .foreground import LayerFusionForegroundLoader  # noqa: E402
+from .layer_decode import LayerFusionDecodeLayers  # noqa: E402
+from .layers import LayerFusionLayerPrompt, LayerFusionLayersSampler  # noqa: E402
 from .options import LayerFusionMaskBlender, LayerFusionPriorExtractor  # noqa: E402
 from .sampler import LayerFusionTripletSampler  # noqa: E402
 from .save import LayerFusionSaveLayers  # noqa: E402
@@ -27,6 +29,9 @@ NODES: list[type[io.ComfyNode]] = [
     LayerFusionTransparentDecode,
     LayerFusionAlphaComposite,
     LayerFusionSaveLayers,
+    LayerFusionLayerPrompt,
+    LayerFusionLayersSampler,
+    LayerFusionDecodeLayers,
 ]
 
 

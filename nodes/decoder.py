@@ -19,12 +19,17 @@ from .types import DecoderType
 from .widgets import output
 
 
-def check_decode_inputs(decoder: Any, latent: Any, image: Any) -> torch.Tensor:
-    """Validate the decode node's inputs; return the latent samples [B, 4, H/8, W/8]."""
+def check_decoder(decoder: Any) -> None:
+    """TypeError naming ``decoder`` unless it is the transparent decoder loader's output."""
     if not isinstance(decoder, LoadedDecoder) and not hasattr(getattr(decoder, "patcher", None), "model"):
         raise TypeError(
             f"decoder: expected the output of LayerFusionTransparentDecoderLoader, got {type(decoder).__name__}"
         )
+
+
+def check_decode_inputs(decoder: Any, latent: Any, image: Any) -> torch.Tensor:
+    """Validate the decode node's inputs; return the latent samples [B, 4, H/8, W/8]."""
+    check_decoder(decoder)
     samples = latent.get("samples") if isinstance(latent, dict) else None
     if not isinstance(samples, torch.Tensor):
         raise TypeError(f"latent: expected a LATENT (a dict with 'samples'), got {type(latent).__name__}")
@@ -51,6 +56,25 @@ def check_decode_inputs(decoder: Any, latent: Any, image: Any) -> torch.Tensor:
             "the VAE decode of this same FG latent, uncropped and unscaled"
         )
     return samples
+
+
+def transparent_decode_inputs() -> list:
+    """The transparent decode's own widgets: tta, sub_batch."""
+    return [
+        io.Boolean.Input(
+            "tta",
+            default=True,
+            tooltip="Test-time augmentation: decode the 8 flips/rotations and take the per-pixel "
+            "median (cleaner alpha, 8x the time).",
+        ),
+        io.Int.Input(
+            "sub_batch",
+            default=1,
+            min=1,
+            max=64,
+            tooltip="Images decoded together; higher is faster on a large GPU, 1 needs the least memory.",
+        ),
+    ]
 
 
 class LayerFusionTransparentDecoderLoader(io.ComfyNode):
@@ -108,19 +132,7 @@ class LayerFusionTransparentDecode(io.ComfyNode):
                     "image",
                     tooltip="The ordinary VAE Decode of that same FG latent (same batch, 8x its size).",
                 ),
-                io.Boolean.Input(
-                    "tta",
-                    default=True,
-                    tooltip="Test-time augmentation: decode the 8 flips/rotations and take the per-pixel "
-                    "median (cleaner alpha, 8x the time).",
-                ),
-                io.Int.Input(
-                    "sub_batch",
-                    default=1,
-                    min=1,
-                    max=64,
-                    tooltip="Images decoded together; higher is faster on a large GPU, 1 needs the least memory.",
-                ),
+                *transparent_decode_inputs(),
             ],
             outputs=[
                 output(

@@ -1,4 +1,5 @@
-"""LayerFusionSaveLayers: every layer of each triplet into ComfyUI's output folder.
+"""LayerFusionSaveLayers: every layer of each triplet (or of a decoded layer bundle) into
+ComfyUI's output folder.
 
 File names group a triplet under one counter, as SaveImage numbers its images:
 
@@ -8,6 +9,13 @@ File names group a triplet under one counter, as SaveImage numbers its images:
     <prefix>_00001_soft_mask.png  soft mask, grayscale (only when connected)
     <prefix>_00001_hard_mask.png  hard mask, grayscale (only when connected)
     <prefix>_00001_layers.psd     layered PSD (only with save_psd)
+
+With a decoded bundle (the ``bundle`` input, from LayerFusion Decode Layers) instead:
+
+    <prefix>_00001_fg0_<name>.png            FG layer 0 (back-most), RGBA; fg1_<name>, ...
+    <prefix>_00001_fg0_<name>_soft_mask.png  its soft mask; _hard_mask.png its hard mask
+    <prefix>_00001_bg.png, _blended.png      background, blended image
+    <prefix>_00001_layers.psd                BG, the FG layers back to front, BLENDED hidden
 
 The next triplet (next image of the batch, or the next run) gets _00002, and so on. The
 PNGs carry the prompt and workflow as SaveImage writes them, so dropping any of them on
@@ -23,9 +31,12 @@ from typing import Any
 import torch
 from comfy_api.latest import io, ui
 
-from ..layerfusion_core.comfy_runtime.saving import save_layers
+from ..layerfusion_core.comfy_runtime.saving import LayerFiles, bundle_files, save_layers
+from ..layerfusion_core.layers.bundle import LayerBundle
+from ..layerfusion_core.layers.document import check_bundle
 from ..layerfusion_core.layers.psd import check_same_size, import_psd_tools
 from .schema import layerfusion_schema
+from .types import LayerBundleType
 
 OTHER_FILES_KEY = "layerfusion_files"  # UI-output key of the saved masks and PSDs
 
@@ -47,6 +58,11 @@ def check_layer_inputs(
     """Validate the save node's tensors; return (triplet count, masks as [B, H, W])."""
     images = {"foreground": foreground, "background": background, "blended": blended}
     for name, t in images.items():
+        if t is None:
+            raise ValueError(
+                f"{name}: expected an IMAGE, got nothing; connect foreground, background and blended, "
+                "or a decoded bundle (LayerFusion Decode Layers) to bundle"
+            )
         if not isinstance(t, torch.Tensor) or t.ndim != 4 or 0 in t.shape:
             shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"{name}: expected a non-empty IMAGE [B, H, W, C], got {shape}")
@@ -77,6 +93,18 @@ def check_layer_inputs(
     return count, given
 
 
+def check_bundle_inputs(bundle: Any, unused: dict[str, Any]) -> LayerBundle:
+    """The decoded bundle; ValueError naming ``bundle``, or an image input given with it."""
+    decoded = check_bundle(bundle, "bundle", decoded=True)
+    given = [name for name, value in unused.items() if value is not None]
+    if given:
+        raise ValueError(
+            f"{given[0]}: not used when bundle is connected (the bundle holds every layer and its masks); "
+            "disconnect one of them"
+        )
+    return decoded
+
+
 class LayerFusionSaveLayers(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -85,13 +113,20 @@ class LayerFusionSaveLayers(io.ComfyNode):
             search_aliases=("save rgba", "save psd", "layered psd", "save transparent png"),
             display_name="LayerFusion Save Layers",
             description="Saves each triplet to the output folder: <prefix>_NNNNN_fg.png (RGBA), _bg.png, "
-            "_blended.png, the masks when connected, and optionally a layered _layers.psd.",
+            "_blended.png, the masks when connected, and optionally a layered _layers.psd; or, with a "
+            "decoded layer bundle, every FG layer (_fg0_<name>.png, ...) with its masks, BG and BLENDED.",
             inputs=[
                 io.Image.Input(
-                    "foreground", tooltip="RGBA IMAGE: the rgba output of LayerFusionTransparentDecode."
+                    "foreground",
+                    optional=True,
+                    tooltip="RGBA IMAGE: the rgba output of LayerFusionTransparentDecode (not with bundle).",
                 ),
-                io.Image.Input("background", tooltip="The decoded BG layer."),
-                io.Image.Input("blended", tooltip="The decoded BLENDED image."),
+                io.Image.Input(
+                    "background", optional=True, tooltip="The decoded BG layer (not with bundle)."
+                ),
+                io.Image.Input(
+                    "blended", optional=True, tooltip="The decoded BLENDED image (not with bundle)."
+                ),
                 io.Mask.Input(
                     "soft_mask",
                     optional=True,
@@ -114,6 +149,13 @@ class LayerFusionSaveLayers(io.ComfyNode):
                     tooltip="Also write <prefix>_NNNNN_layers.psd: background, foreground with its "
                     'transparency, and blended as a hidden top layer. Needs pip install "psd-tools>=1.14.3,<2".',
                 ),
+                LayerBundleType.Input(
+                    "bundle",
+                    optional=True,
+                    tooltip="A decoded layer bundle (LayerFusion Decode Layers): saves every FG layer as "
+                    "_fg<k>_<name>.png with its masks, _bg.png, _blended.png; the PSD holds BG, the FG "
+                    "layers back to front and blended hidden on top. Replaces the image and mask inputs.",
+                ),
             ],
             outputs=[],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
@@ -123,24 +165,27 @@ class LayerFusionSaveLayers(io.ComfyNode):
     @classmethod
     def execute(
         cls,
-        foreground,
-        background,
-        blended,
         filename_prefix: str,
         save_psd: bool,
+        foreground=None,
+        background=None,
+        blended=None,
         soft_mask=None,
         hard_mask=None,
+        bundle=None,
     ) -> io.NodeOutput:
-        count, masks = check_layer_inputs(
-            foreground, background, blended, {"soft_mask": soft_mask, "hard_mask": hard_mask}
-        )
-        if save_psd:
+        masks = {"soft_mask": soft_mask, "hard_mask": hard_mask}
+        if bundle is not None:
+            unused = {"foreground": foreground, "background": background, "blended": blended, **masks}
+            decoded = check_bundle_inputs(bundle, unused)
+            count, files = decoded.num_images, bundle_files(decoded, save_psd)
+        else:
+            count, given = check_layer_inputs(foreground, background, blended, masks)
+            files = LayerFiles.triplet(foreground, background, blended, given, save_psd)
+        if files.psd:
             import_psd_tools()  # fail before writing anything when psd-tools is missing
-            images = (("background", background), ("foreground", foreground), ("blended", blended))
-            check_same_size([(name, (int(t.shape[2]), int(t.shape[1]))) for name, t in images])
-        shown, others = save_layers(
-            cls, count, foreground, background, blended, masks, filename_prefix, save_psd
-        )
+            check_same_size([(name, tuple(files.shown[key].shape[2:0:-1])) for name, key, _ in files.psd])
+        shown, others = save_layers(cls, count, files, filename_prefix)
         # The masks and PSDs are reported too (under their own key, which the browser does not
         # display), so API clients such as the headless command fetch every saved file.
         return io.NodeOutput(ui=SavedLayerFiles(shown, others))

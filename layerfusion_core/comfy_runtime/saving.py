@@ -1,16 +1,19 @@
-"""Saving the layers of each triplet into ComfyUI's output folder: SaveImage's file naming,
-counter and PNG metadata (the prompt and workflow, or none under --disable-metadata), each
-triplet's files written whole or not at all, never over an existing file. The one place
-that uses ComfyUI's save helpers."""
+"""Saving the layers of each image (a triplet, or a bundle's K + 2 layers) into ComfyUI's
+output folder: SaveImage's file naming, counter and PNG metadata (the prompt and workflow,
+or none under --disable-metadata), each image's files written whole or not at all, never
+over an existing file. The one place that uses ComfyUI's save helpers."""
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass, field
 
 import torch
 
 from ..files.writing import write_new_files
-from ..layers.psd import layered_psd_writer
+from ..layers.bundle import BG_KEY, BLENDED_KEY, LayerBundle
+from ..layers.psd import psd_writer
 
 COMPRESS_LEVEL = 4  # SaveImage's
 MAX_COUNTER_TRIES = 100_000
@@ -21,18 +24,34 @@ def pick(t: torch.Tensor, index: int) -> torch.Tensor:
     return t[index if t.shape[0] > 1 else 0]
 
 
+@dataclass(frozen=True)
+class LayerFiles:
+    """What a save writes per image (file suffixes without the leading "_" and ".png")."""
+
+    shown: dict[str, torch.Tensor]  # suffix -> IMAGE batch: PNGs shown in the UI (the layers)
+    others: dict[str, torch.Tensor] = field(default_factory=dict)  # suffix -> MASK/IMAGE: other PNGs
+    psd: tuple[tuple[str, str, bool], ...] = ()  # (PSD layer name, shown suffix, visible), bottom to top
+
+    @classmethod
+    def triplet(
+        cls,
+        foreground: torch.Tensor,
+        background: torch.Tensor,
+        blended: torch.Tensor,
+        masks: dict[str, torch.Tensor],
+        save_psd: bool,
+    ) -> LayerFiles:
+        """The triplet's files: _fg, _bg, _blended, the masks; its PSD as ``layered_psd_writer``'s."""
+        psd = (("background", "bg", True), ("foreground", "fg", True), ("blended", "blended", False))
+        shown = {"fg": foreground, "bg": background, "blended": blended}
+        return cls(shown, dict(masks), psd if save_psd else ())
+
+
 def save_layers(
-    node_cls: type,
-    count: int,
-    foreground: torch.Tensor,
-    background: torch.Tensor,
-    blended: torch.Tensor,
-    masks: dict[str, torch.Tensor],
-    filename_prefix: str,
-    save_psd: bool,
+    node_cls: type, count: int, layer_files: LayerFiles, filename_prefix: str
 ) -> tuple[list, list]:
-    """Write the files of ``count`` triplets; return the UI entries (``ui.SavedResult``) of
-    the fg, bg, blended PNGs and those of the other files (masks, PSD)."""
+    """Write the files of ``count`` images (one counter per image); return the UI entries
+    (``ui.SavedResult``) of the shown PNGs and those of the other files (masks, PSD)."""
     import folder_paths
     from comfy_api.latest import io, ui
 
@@ -40,27 +59,24 @@ def save_layers(
     # SaveImage's own metadata: the prompt and every extra_pnginfo entry (the workflow), or
     # nothing under --disable-metadata.
     metadata = ui.ImageSaveHelper._create_png_metadata(node_cls)
+    first = next(iter(layer_files.shown.values()))
     folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
-        filename_prefix, folder_paths.get_output_directory(), foreground.shape[2], foreground.shape[1]
+        filename_prefix, folder_paths.get_output_directory(), first.shape[2], first.shape[1]
     )
     results, others = [], []
     for index in range(count):
         name = filename.replace("%batch_num%", str(index))
-        layers = {
-            "fg": to_pil(pick(foreground, index)),
-            "bg": to_pil(pick(background, index)),
-            "blended": to_pil(pick(blended, index)),
-        }
+        layers = {key: to_pil(pick(t, index)) for key, t in layer_files.shown.items()}
         images = dict(layers)
-        images.update({key: to_pil(pick(mask, index)) for key, mask in masks.items()})
+        images.update({key: to_pil(pick(t, index)) for key, t in layer_files.others.items()})
         files = {
             f"_{suffix}.png": lambda tmp, image=image: image.save(
                 tmp, format="PNG", pnginfo=metadata, compress_level=COMPRESS_LEVEL
             )
             for suffix, image in images.items()
         }
-        if save_psd:
-            files["_layers.psd"] = layered_psd_writer(layers["bg"], layers["fg"], layers["blended"])
+        if layer_files.psd:
+            files["_layers.psd"] = psd_writer([(n, layers[key], v) for n, key, v in layer_files.psd])
         counter, stem = write_triplet(folder, name, counter, files)
         for suffix in files:
             entry = ui.SavedResult(stem + suffix, subfolder, io.FolderType.output)
@@ -84,3 +100,29 @@ def write_triplet(folder: str, name: str, counter: int, files: dict) -> tuple[in
                 pass
         counter += 1
     raise RuntimeError(f"filename_prefix: no free file number for {name} after {MAX_COUNTER_TRIES} tries")
+
+
+def fg_suffix(index: int, name: str) -> str:
+    """File suffix of FG layer ``index``: ``fg<index>_<name>``, the name cut to letters,
+    digits, "-" and "_" (other runs become one "_") and 40 characters; ``fg<index>`` when
+    nothing is left. The index keeps suffixes unique and in layer order."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:40]
+    return f"fg{index}_{slug}" if slug else f"fg{index}"
+
+
+def bundle_files(bundle: LayerBundle, save_psd: bool) -> LayerFiles:
+    """A decoded bundle's files: per FG layer its RGBA PNG and its soft and hard masks, BG
+    and BLENDED; its PSD: BG, the FG layers back to front, BLENDED hidden on top."""
+    suffixes = {key: fg_suffix(index, bundle.names[key]) for index, key in enumerate(bundle.order)}
+    shown = {suffixes[key]: bundle.images[key] for key in bundle.order}
+    shown.update({BG_KEY: bundle.images[BG_KEY], BLENDED_KEY: bundle.images[BLENDED_KEY]})
+    others = {}
+    for key in bundle.order:
+        soft, hard = bundle.masks[key]
+        others.update({f"{suffixes[key]}_soft_mask": soft, f"{suffixes[key]}_hard_mask": hard})
+    psd = (
+        ("background", BG_KEY, True),
+        *((bundle.names[key], suffixes[key], True) for key in bundle.order),
+        ("blended", BLENDED_KEY, False),
+    )
+    return LayerFiles(shown, others, psd if save_psd else ())

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..files.writing import Writer, atomic_write
 
-__all__ = ["atomic_write", "layered_psd_writer", "write_layered_psd"]
+__all__ = ["atomic_write", "layered_psd_writer", "psd_writer", "write_layered_psd"]
 
 # 1.14.3 is the first release checked to write these files correctly without psd-tools'
 # optional compositing extras: 1.10.x-1.11.x need scikit-image to save, 1.12.0 wrote a
@@ -84,16 +84,26 @@ def layered_psd_writer(background: Image.Image, foreground: Image.Image, blended
     All three images must have the same size (ValueError naming the one that differs).
     RGB images become fully opaque layers.
     """
-    layers = {"background": background, "foreground": foreground, "blended": blended}
-    size = check_same_size([(name, layers[name].size) for name in PSD_LAYER_ORDER])
+    images = {"background": background, "foreground": foreground, "blended": blended}
+    return psd_writer([(name, images[name], name not in PSD_HIDDEN_LAYERS) for name in PSD_LAYER_ORDER])
+
+
+def psd_writer(layers: Sequence[tuple[str, Image.Image, bool]]) -> Writer:
+    """A writer of an 8-bit PSD with one pixel layer per ``(name, image, visible)``, bottom
+    to top; an RGBA image's alpha is the layer's transparency, an RGB image is opaque.
+
+    All images must have the same size (ValueError naming the first that differs).
+    """
+    check_same_size([(name, image.size) for name, image, _ in layers])
+    size = layers[0][1].size
     psd_image, pixel_layer = import_psd_tools()
 
     # An "RGBA" document keeps each layer's alpha as its transparency channel; in an "RGB"
     # one psd-tools turns the alpha into a layer mask instead.
     psd = psd_image.new("RGBA", size)
-    for name in PSD_LAYER_ORDER:
-        layer = pixel_layer.frompil(layers[name].convert("RGBA"), psd, name)  # appends on top
-        layer.visible = name not in PSD_HIDDEN_LAYERS
+    for name, image, visible in layers:
+        layer = pixel_layer.frompil(image.convert("RGBA"), psd, name)  # appends on top
+        layer.visible = visible
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fp:

@@ -84,7 +84,16 @@ SCHEMAS = {
     ),
     "LayerFusionAlphaComposite": (["foreground", "background", "x_offset", "y_offset", "scale"], ["image"]),
     "LayerFusionSaveLayers": (
-        ["foreground", "background", "blended", "soft_mask", "hard_mask", "filename_prefix", "save_psd"],
+        [
+            "foreground",
+            "background",
+            "blended",
+            "soft_mask",
+            "hard_mask",
+            "filename_prefix",
+            "save_psd",
+            "bundle",
+        ],
         [],
     ),
 }

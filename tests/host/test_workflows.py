@@ -39,7 +39,9 @@ EXPECTED = {
     "layerfusion_text_to_layers",
     "layerfusion_options_and_masks",
     "layerfusion_alpha_vs_generative",
+    "layerfusion_multi_layer",
 }
+SAMPLERS = ("LayerFusionTripletSampler", "LayerFusionLayersSampler")
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 # Model-file combos: their options are the files present, which are absent here, so the
 # value is checked by name against the files the README tells users to download.
@@ -94,7 +96,7 @@ def input_spec(info: dict[str, Any], name: str) -> tuple[Any, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------
 
 
-def test_the_three_workflows_are_shipped_with_thumbnails() -> None:
+def test_the_workflows_are_shipped_with_thumbnails() -> None:
     assert {p.stem for p in workflow_paths()} >= EXPECTED
     for path in workflow_paths():
         workflow = load(path)
@@ -203,7 +205,7 @@ def widget_values(info, node: dict[str, Any]) -> dict[str, Any]:
 def test_defaults_follow_method_md(info, path: Path) -> None:
     workflow = load(path)
     nodes = {n["id"]: n for n in workflow["nodes"]}
-    samplers = [n for n in workflow["nodes"] if n["type"] == "LayerFusionTripletSampler"]
+    samplers = [n for n in workflow["nodes"] if n["type"] in SAMPLERS]
     assert len(samplers) == 1, path.name
     sampler = samplers[0]
     values = widget_values(info, sampler)
@@ -368,3 +370,43 @@ def test_the_other_workflows_run_with_the_tiny_model(
         (image,) = history["outputs"][node_id]["images"]
         path = Path(comfy_host.folder_paths.get_temp_directory()) / image["subfolder"] / image["filename"]
         assert Image.open(path).size == (E2E_SIZE, E2E_SIZE)
+
+
+def test_multi_layer_workflow_runs_end_to_end_with_the_tiny_model(
+    comfy_host: ComfyHost, info, layer_model_dir, stand_ins
+) -> None:
+    """Two FG layers (the front one in a box), decoded and saved as PNGs and a PSD."""
+    prompt, workflow = tiny_prompt(info, WORKFLOWS / "layerfusion_multi_layer.json", "e2e/multi")
+    layer_prompts = [prompt[i]["inputs"] for i in node_id_of(prompt, "LayerFusionLayerPrompt")]
+    names = [p["name"] for p in sorted(layer_prompts, key=lambda p: isinstance(p.get("layers"), list))]
+    assert names == ["armchair", "cat"]  # the chain: back-most first
+    (boxed,) = [p for p in layer_prompts if p["width"]]
+    for key in ("x", "y", "width", "height"):  # the box follows the image to the test's size
+        boxed[key] = boxed[key] * E2E_SIZE // METHOD_SIZE[0]
+    history = run_prompt(prompt, workflow)
+
+    out = Path(comfy_host.folder_paths.get_output_directory()) / "e2e"
+    layers = ["multi_00001_fg0_armchair.png", "multi_00001_fg1_cat.png"]
+    (save_id,) = node_id_of(prompt, "LayerFusionSaveLayers")
+    shown = [f["filename"] for f in history["outputs"][save_id]["images"]]
+    assert shown == [*layers, "multi_00001_bg.png", "multi_00001_blended.png"]
+    for name in layers:
+        with Image.open(out / name) as image:
+            assert image.mode == "RGBA" and image.size == (E2E_SIZE, E2E_SIZE)
+            assert len(np.unique(np.asarray(image)[..., 3])) > 1  # the decoder's alpha
+            assert json.loads(image.info["workflow"])["nodes"]
+    for name in ("bg", "blended", "fg0_armchair_soft_mask", "fg1_cat_hard_mask"):
+        with Image.open(out / f"multi_00001_{name}.png") as image:
+            assert image.mode == ("RGB" if name in ("bg", "blended") else "L")
+    if not prompt[save_id]["inputs"]["save_psd"]:
+        return
+    psd_tools = pytest.importorskip("psd_tools")
+    psd = psd_tools.PSDImage.open(out / "multi_00001_layers.psd")
+    assert [(layer.name, layer.visible) for layer in psd] == [
+        ("background", True),
+        ("armchair", True),
+        ("cat", True),
+        ("blended", False),
+    ]
+    with Image.open(out / layers[1]) as cat:
+        assert np.array_equal(np.asarray(psd[2].topil()), np.asarray(cat))

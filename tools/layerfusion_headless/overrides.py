@@ -17,8 +17,11 @@ OVERRIDE_TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
     "fg": (("LayerFusionTextEncode",), "fg_text"),
     "bg": (("LayerFusionTextEncode",), "bg_text"),
     "blended": (("LayerFusionTextEncode",), "blended_text"),
-    "seed": (("LayerFusionTripletSampler", "KSampler"), "seed"),
-    "steps": (("LayerFusionTripletSampler", "KSampler", "KSamplerAdvanced"), "steps"),
+    "seed": (("LayerFusionTripletSampler", "LayerFusionLayersSampler", "KSampler"), "seed"),
+    "steps": (
+        ("LayerFusionTripletSampler", "LayerFusionLayersSampler", "KSampler", "KSamplerAdvanced"),
+        "steps",
+    ),
     "width": (("EmptyLatentImage",), "width"),
     "height": (("EmptyLatentImage",), "height"),
     "batch_size": (("EmptyLatentImage",), "batch_size"),
