@@ -200,14 +200,15 @@ class NoiseOptions:
 
     share_initial_noise: bool = True
     share_step_noise: bool = True  # ancestral/SDE samplers
-    # K layers (LAYERS.md 1, OURS): FG_k (k >= 1) draws its noise from seed + k, since one noise
-    # for every layer stacks the objects in one place; FG_0, BG and BLENDED use the seed itself.
-    per_layer_noise: bool = True
 
 
 @dataclass(frozen=True)
 class LayoutOptions:
-    """How a layer's box or mask steers it (LAYERS.md 1, OURS); percents as ComfyUI's."""
+    """How K layers are laid out (LAYERS.md 1, OURS); percents as ComfyUI's."""
+
+    # FG_k (k >= 1) draws its noise from seed + k, since one noise for every layer stacks the
+    # objects in one place; FG_0, BG and BLENDED use the seed itself.
+    per_layer_noise: bool = True
 
     # Until here FG_k's cross-attention uses its prompt inside its region and the empty prompt
     # outside (an attention couple in FG_k's rows), so the object is drawn inside the box.

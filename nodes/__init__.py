@@ -15,7 +15,7 @@ from .encode import LayerFusionTextEncode  # noqa: E402
 from .foreground import LayerFusionForegroundLoader  # noqa: E402
 from .layer_decode import LayerFusionDecodeLayers  # noqa: E402
 from .layers import LayerFusionLayerPrompt, LayerFusionLayersSampler  # noqa: E402
-from .options import LayerFusionMaskBlender, LayerFusionPriorExtractor  # noqa: E402
+from .options import LayerFusionLayoutOptions, LayerFusionMaskBlender, LayerFusionPriorExtractor  # noqa: E402
 from .sampler import LayerFusionTripletSampler  # noqa: E402
 from .save import LayerFusionSaveLayers  # noqa: E402
 
@@ -30,6 +30,7 @@ NODES: list[type[io.ComfyNode]] = [
     LayerFusionAlphaComposite,
     LayerFusionSaveLayers,
     LayerFusionLayerPrompt,
+    LayerFusionLayoutOptions,
     LayerFusionLayersSampler,
     LayerFusionDecodeLayers,
 ]

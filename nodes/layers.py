@@ -9,14 +9,14 @@ import torch
 from comfy_api.latest import io
 
 from ..layerfusion_core.comfy_runtime import SamplerSettings
-from ..layerfusion_core.comfy_runtime.conditioning import encode_with_eos
+from ..layerfusion_core.comfy_runtime.conditioning import encode, encode_with_eos
 from ..layerfusion_core.comfy_runtime.layered import sample_layered
 from ..layerfusion_core.layers.bundle import BLENDED_KEY
 from ..layerfusion_core.layers.prompts import MAX_LAYERS, Box, LayerChain, LayerPrompt, check_token_widths
-from ..layerfusion_core.options import BlendOptions, PriorOptions
+from ..layerfusion_core.options import BlendOptions, LayoutOptions, PriorOptions
 from .sampler import latent_like, model_inputs, run_option_inputs, run_options
 from .schema import layerfusion_schema
-from .types import LayerBundleType, LayerPromptsType
+from .types import LayerBundleType, LayerPromptsType, LayoutOptionsType
 from .widgets import output, sampler_settings_inputs
 
 MAX_BOX_SIDE = 16384
@@ -120,7 +120,10 @@ class LayerFusionLayerPrompt(io.ComfyNode):
         box, region = layer_box(x, y, width, height), single_mask(mask)
         if box is not None and region is not None:
             raise ValueError("mask: a layer takes a box or a mask, not both; set width and height to 0")
-        prompt = LayerPrompt(encode_with_eos(clip, text), text, name.strip(), box, region)
+        # A layer with a layout also carries the empty prompt: outside its region, early in the
+        # run, its cross-attention uses it (the attention couple, Layout Options).
+        empty = None if box is None and region is None else encode(clip, "")[0]
+        prompt = LayerPrompt(encode_with_eos(clip, text), text, name.strip(), box, region, empty)
         chain = chain.add(prompt)
         check_token_widths(chain)
         return io.NodeOutput(chain)
@@ -151,6 +154,11 @@ class LayerFusionLayersSampler(io.ComfyNode):
                     optional=True,
                     tooltip="Blended-image prompt; unset: the layers' prompts and bg's, one after the other.",
                 ),
+                LayoutOptionsType.Input(
+                    "layout_options",
+                    optional=True,
+                    tooltip="From LayerFusion Layout Options (defaults if unset).",
+                ),
             ],
             outputs=[
                 output(
@@ -175,10 +183,11 @@ class LayerFusionLayersSampler(io.ComfyNode):
         prior_options: PriorOptions | None = None,
         blend_options: BlendOptions | None = None,
         blended=None,
+        layout_options: LayoutOptions | None = None,
         **sampler_settings: Any,
     ) -> io.NodeOutput:
         """``sampler_settings``: the ``sampler_settings_inputs`` widgets, SamplerSettings' fields."""
-        options = run_options(shared_noise, prior_options, blend_options)
+        options = run_options(shared_noise, prior_options, blend_options, layout_options)
         settings = SamplerSettings(**sampler_settings)
         bundle = sample_layered(
             model, fg_weights, layers, bg, blended, negative, latent_image, settings, options

@@ -9,6 +9,7 @@ from ..layerfusion_core.options import (
     BlendOptions,
     ContentTiming,
     LayerSet,
+    LayoutOptions,
     PriorOptions,
     PriorOrientation,
     PriorTiming,
@@ -16,7 +17,7 @@ from ..layerfusion_core.options import (
     SparsityFormula,
 )
 from .schema import layerfusion_schema
-from .types import BlendOptionsType, PriorOptionsType
+from .types import BlendOptionsType, LayoutOptionsType, PriorOptionsType
 from .widgets import enum_combo, output, unit_float
 
 PRIOR_DEFAULTS = PriorOptions()
@@ -169,3 +170,49 @@ class LayerFusionMaskBlender(io.ComfyNode):
         except ValueError as err:
             raise ValueError(f"LayerFusionMaskBlender: {err}") from err
         return io.NodeOutput(options)
+
+
+LAYOUT_DEFAULTS = LayoutOptions()
+
+
+class LayerFusionLayoutOptions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        d = LAYOUT_DEFAULTS
+        return layerfusion_schema(
+            node_id="LayerFusionLayoutOptions",
+            search_aliases=("layer layout", "layer box options", "layerfusion options"),
+            display_name="LayerFusion Layout Options",
+            description="How the Layers Sampler lays out several foreground layers: their noise, and how "
+            "a layer with a box or mask is kept inside it early in the run.",
+            inputs=[
+                io.Boolean.Input(
+                    "per_layer_noise",
+                    default=d.per_layer_noise,
+                    tooltip="Foreground layer k > 0 starts from the noise of seed + k (one noise for every "
+                    "layer stacks the objects in one place).",
+                ),
+                unit_float(
+                    "couple_end_percent",
+                    d.couple_end_percent,
+                    "Until here a boxed layer's cross-attention uses its prompt inside the box and the empty "
+                    "prompt outside, so its object is drawn in the box (0 = off).",
+                ),
+                unit_float(
+                    "paste_end_percent",
+                    d.paste_end_percent,
+                    "Until here the blended latent is pasted into a boxed layer inside its box, so the object "
+                    "lands at the same place in the layer and the blended image (0 = off).",
+                ),
+            ],
+            outputs=[output(LayoutOptionsType, "layout_options")],
+        )
+
+    @classmethod
+    def execute(
+        cls, per_layer_noise: bool, couple_end_percent: float, paste_end_percent: float
+    ) -> io.NodeOutput:
+        try:
+            return io.NodeOutput(LayoutOptions(per_layer_noise, couple_end_percent, paste_end_percent))
+        except ValueError as err:
+            raise ValueError(f"LayerFusionLayoutOptions: {err}") from err

@@ -6,7 +6,13 @@ from comfy_api.latest import io
 
 from ..layerfusion_core.comfy_runtime import RunPlan, SamplerSettings, sample_triplet
 from ..layerfusion_core.method.streams import StreamRole
-from ..layerfusion_core.options import BlendOptions, LayerFusionOptions, NoiseOptions, PriorOptions
+from ..layerfusion_core.options import (
+    BlendOptions,
+    LayerFusionOptions,
+    LayoutOptions,
+    NoiseOptions,
+    PriorOptions,
+)
 from .schema import layerfusion_schema
 from .types import BlendOptionsType, ForegroundWeightsType, PriorOptionsType
 from .widgets import output, sampler_settings_inputs
@@ -44,13 +50,17 @@ def run_option_inputs() -> list:
 
 
 def run_options(
-    shared_noise: bool, prior_options: PriorOptions | None, blend_options: BlendOptions | None
+    shared_noise: bool,
+    prior_options: PriorOptions | None,
+    blend_options: BlendOptions | None,
+    layout_options: LayoutOptions | None = None,
 ) -> LayerFusionOptions:
     """The run's options from the sampler's option inputs (defaults where unconnected)."""
     return LayerFusionOptions(
         prior=prior_options or PriorOptions(),
         blend=blend_options or BlendOptions(),
         noise=NoiseOptions(share_initial_noise=shared_noise, share_step_noise=shared_noise),
+        layout=layout_options or LayoutOptions(),
     )
 
 

@@ -161,7 +161,7 @@ def sample_layers(
         empty_contexts=plan.empty_contexts,
     )  # fmt: skip
 
-    seeds = stream_seeds(stream_set, settings.seed, plan.noise.per_layer_noise)
+    seeds = stream_seeds(stream_set, settings.seed, options.layout.per_layer_noise)
     if plan.noise.share_initial_noise:
         noise = initial_noise(latent_image, seeds, plan.latent.get("batch_index"))
     else:

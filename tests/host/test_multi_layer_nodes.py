@@ -286,3 +286,30 @@ def test_the_sampler_refuses_something_else_than_a_chain(pack, tiny_sdxl):
         ValueError, match="layers: expected a chain of LayerFusion Layer Prompt nodes, got list"
     ):
         sample(pack, tiny_sdxl, make_cond(1))
+
+
+def test_a_layer_with_a_box_carries_the_empty_prompt_for_the_couple(pack, clip):
+    boxed = layer(pack, clip, box=(0, 0, 64, 64)).layers[-1]
+    plain = layer(pack, clip).layers[-1]
+    assert plain.empty is None
+    empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    assert torch.equal(boxed.empty[0][0], empty[0][0])
+
+
+def test_layout_options_reach_the_run_and_refuse_non_finite_values(pack, tiny_sdxl, clip):
+    node = pack.node("LayerFusionLayoutOptions")
+    (options,) = run_node(node, per_layer_noise=False, couple_end_percent=0.5, paste_end_percent=0.0).result
+    assert (options.per_layer_noise, options.couple_end_percent, options.paste_end_percent) == (
+        False,
+        0.5,
+        0.0,
+    )
+    with pytest.raises(ValueError, match="couple_end_percent: expected a finite number"):
+        run_node(node, per_layer_noise=True, couple_end_percent=float("nan"), paste_end_percent=0.1)
+    chain = layer(pack, clip, text="a dog", name="dog", layers=layer(pack, clip))
+    (defaults,) = run_node(node, per_layer_noise=True, couple_end_percent=0.3, paste_end_percent=0.15).result
+    same_noise, _ = sample(pack, tiny_sdxl, chain, layout_options=options)
+    unset, _ = sample(pack, tiny_sdxl, chain)
+    default, _ = sample(pack, tiny_sdxl, chain, layout_options=defaults)
+    assert all(torch.equal(default.latents[k], unset.latents[k]) for k in unset.latents)
+    assert not torch.equal(same_noise.latents["fg1"], unset.latents["fg1"])  # seed, not seed + 1
