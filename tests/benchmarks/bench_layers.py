@@ -42,6 +42,21 @@ SDXL_UNET_PARAMS = 2_567_463_684  # comfy.supported_models.SDXL's UNet, counted 
 FULL_SIZE = 1024
 RESERVE_GB = 1.0  # CUDA context, cuBLAS workspace and allocator slack kept free on every card
 FG_LORA_RANK = 256  # LayerDiffuse's layer_xl_transparent_attn
+SHALLOW = "sdxl-shallow"
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def shallow_config(unet_config: dict[str, Any]) -> dict[str, Any]:
+    """SDXL's UNet config with one transformer block wherever SDXL has 2 or 10: the same
+    widths, resolutions, skip connections and attention shapes, so the same activations per
+    row (a SpatialTransformer's blocks run one after the other), at under half the weights.
+    For the memory per row on a machine without room for SDXL's weights; its times are not
+    SDXL's."""
+    out = dict(unet_config)
+    for key in ("transformer_depth", "transformer_depth_output"):
+        out[key] = [min(depth, 1) for depth in unet_config[key]]
+    out["transformer_depth_middle"] = min(unet_config["transformer_depth_middle"], 1)
+    return out
 
 
 def plain_name(k: int) -> str:
@@ -131,6 +146,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead of (a)-(d): per K, plain batch-(K+2) sampling against K FG layers, BG and BLENDED",
     )
     parser.add_argument(
+        "--shallow",
+        action="store_true",
+        help="with --sdxl: one transformer block per stack (SDXL's activations, fewer weights)",
+    )
+    parser.add_argument(
         "--layers-options",
         choices=("faithful", "fast"),
         default="faithful",
@@ -139,6 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.shallow and args.mode != "sdxl":
+        parser.error("--shallow: only with --sdxl")
     if args.layers is None:
         return
     if any(k < 1 for k in args.layers):
@@ -208,46 +230,47 @@ def report_lines(
     return lines
 
 
-def memory_fits(runs: LayerRuns, added: dict[str, int | None]) -> tuple[float, float] | None:
-    """(bytes per main-call row of plain sampling, bytes per FG layer of the layered run):
-    least-squares slopes of the added memory over rows and over K; None when fewer than two
-    K were measured or memory is n/a."""
+def memory_fits(runs: LayerRuns, added: dict[str, int | None]) -> tuple[float, float, float] | None:
+    """(bytes a plain run adds at no rows, bytes per main-call row of plain sampling, bytes per
+    FG layer of the layered run): least-squares lines of the added memory over rows and over
+    K; None when fewer than two K were measured or memory is n/a."""
     if len(runs.ks) < 2:
         return None
     plain = [added[plain_name(k)] for k in runs.ks]
     layered = [added[layers_name(k)] for k in runs.ks]
     if any(v is None for v in (*plain, *layered)):
         return None
-    per_row = linear_fit([main_rows(k) for k in runs.ks], [float(v) for v in plain])[1]
+    overhead, per_row = linear_fit([main_rows(k) for k in runs.ks], [float(v) for v in plain])
     per_layer = linear_fit(list(runs.ks), [float(v) for v in layered])[1]
-    return per_row, per_layer
+    return max(overhead, 0.0), per_row, per_layer
 
 
 def computed_lines(runs: LayerRuns, added: dict[str, int | None]) -> list[str]:
-    """Largest K per card at 1024 px, N = 1 and 2, computed from the measured slopes: the
-    fp16 UNet and FG LoRA, plus per image (4 rows of BG and BLENDED at the per-row memory,
-    plus K times the per-layer memory), both scaled by the area to 1024 px."""
+    """Largest K per card at 1024 px, N = 1 and 2, computed from the measured lines: the
+    fp16 UNet and FG LoRA, the run's overhead at no rows as measured, and per image 4 rows
+    (BG and BLENDED, with CFG) at the per-row memory plus K times the per-layer memory, both
+    scaled by the area to 1024 px."""
     fits = memory_fits(runs, added)
     if fits is None:
         return []
-    per_row, per_layer = fits
+    overhead, per_row, per_layer = fits
     size = runs.setup.mode.size
     lines = [
         "",
-        f"measured at {size} px: {per_row / 2**20:.2f} MB per main-call row (plain), "
-        f"{per_layer / 2**20:.2f} MB per FG layer (layered, N = 1)",
+        f"measured at {size} px: {overhead / 2**20:.0f} MB at no rows + {per_row / 2**20:.2f} MB per "
+        f"main-call row (plain), {per_layer / 2**20:.2f} MB per FG layer (layered, N = 1)",
     ]
-    if runs.setup.mode.name != "sdxl":
+    if not runs.setup.mode.name.startswith("sdxl"):
         lines.append("largest K per card: not computed (needs the SDXL UNet's activations: run with --sdxl)")
         return lines
     scale = (FULL_SIZE / size) ** 2
     weights = SDXL_UNET_PARAMS * 2 + fg_lora_bytes()
     lines.append(
-        f"computed for {FULL_SIZE} px: x{scale:g} (area), + {weights / 2**30:.2f} GB fp16 UNet and FG LoRA, "
-        f"{RESERVE_GB:g} GB kept free; memory = weights + N x{scale:g} (4 row + K layer)"
+        f"computed for {FULL_SIZE} px: {weights / 2**30:.2f} GB fp16 UNet and FG LoRA + overhead "
+        f"+ N x{scale:g} (area) (4 row + K layer), {RESERVE_GB:g} GB kept free"
     )
     for images in (1, 2):
-        fixed = weights + images * scale * main_rows(0) * per_row
+        fixed = weights + overhead + images * scale * main_rows(0) * per_row
         cells = ", ".join(f"{gb} GB: {largest_k(gb, fixed, images * scale * per_layer)}" for gb in CARDS_GB)
         lines.append(f"largest K, N = {images}: {cells}")
     return lines
@@ -265,9 +288,14 @@ def rss_bytes(field_name: str) -> int | None:
 
 
 def reset_peak_rss() -> None:
-    """Hand freed heap back to the system and restart the peak RSS at the current RSS
-    (Linux; a no-op elsewhere)."""
+    """For a forked memory child (Linux with glibc; a no-op elsewhere): from now on every block
+    over 128 KiB gets its own mapping, returned at free (no dynamic threshold, no kept top),
+    so the RSS follows the tensors alive rather than the heap's history; freed heap goes back
+    to the system, and the peak RSS restarts at the current RSS."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+        libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+        libc.malloc_trim(0)
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
