@@ -42,21 +42,7 @@ SDXL_UNET_PARAMS = 2_567_463_684  # comfy.supported_models.SDXL's UNet, counted 
 FULL_SIZE = 1024
 RESERVE_GB = 1.0  # CUDA context, cuBLAS workspace and allocator slack kept free on every card
 FG_LORA_RANK = 256  # LayerDiffuse's layer_xl_transparent_attn
-SHALLOW = "sdxl-shallow"
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-
-
-def shallow_config(unet_config: dict[str, Any]) -> dict[str, Any]:
-    """SDXL's UNet config with one transformer block wherever SDXL has 2 or 10: the same
-    widths, resolutions, skip connections and attention shapes, so the same activations per
-    row (a SpatialTransformer's blocks run one after the other), at under half the weights.
-    For the memory per row on a machine without room for SDXL's weights; its times are not
-    SDXL's."""
-    out = dict(unet_config)
-    for key in ("transformer_depth", "transformer_depth_output"):
-        out[key] = [min(depth, 1) for depth in unet_config[key]]
-    out["transformer_depth_middle"] = min(unet_config["transformer_depth_middle"], 1)
-    return out
 
 
 def plain_name(k: int) -> str:
@@ -146,11 +132,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead of (a)-(d): per K, plain batch-(K+2) sampling against K FG layers, BG and BLENDED",
     )
     parser.add_argument(
-        "--shallow",
-        action="store_true",
-        help="with --sdxl: one transformer block per stack (SDXL's activations, fewer weights)",
-    )
-    parser.add_argument(
         "--layers-options",
         choices=("faithful", "fast"),
         default="faithful",
@@ -159,8 +140,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.shallow and args.mode != "sdxl":
-        parser.error("--shallow: only with --sdxl")
     if args.layers is None:
         return
     if any(k < 1 for k in args.layers):
@@ -184,13 +163,15 @@ def fg_lora_bytes(rank: int = FG_LORA_RANK, itemsize: int = 2) -> int:
     return sum(rank * (out_f + in_f) for out_f, in_f in (p.shape for p in SDXL.projections)) * itemsize
 
 
-def largest_k(card_gb: float, fixed: float, per_layer: float, max_k: int = 64) -> int:
-    """The largest K whose ``fixed + per_layer K`` (bytes) fits the card less RESERVE_GB; 0 if none."""
+def largest_k(card_gb: float, need: Callable[[int], float], max_k: int = 999) -> int:
+    """The largest K (up to ``max_k``) whose ``need(K)`` bytes fit the card less RESERVE_GB;
+    0 if K = 1 does not."""
     budget = (card_gb - RESERVE_GB) * 2**30
     best = 0
     for k in range(1, max_k + 1):
-        if fixed + per_layer * k <= budget:
-            best = k
+        if need(k) > budget:
+            break
+        best = k
     return best
 
 
@@ -231,9 +212,10 @@ def report_lines(
 
 
 def memory_fits(runs: LayerRuns, added: dict[str, int | None]) -> tuple[float, float, float] | None:
-    """(bytes a plain run adds at no rows, bytes per main-call row of plain sampling, bytes per
-    FG layer of the layered run): least-squares lines of the added memory over rows and over
-    K; None when fewer than two K were measured or memory is n/a."""
+    """(bytes a plain run adds at no rows, bytes per main-call row of plain sampling, bytes a
+    layered run adds per FG layer beyond its two main-call rows, at least 0): least-squares
+    lines of the added memory over rows and over K; None when fewer than two K were measured
+    or memory is n/a."""
     if len(runs.ks) < 2:
         return None
     plain = [added[plain_name(k)] for k in runs.ks]
@@ -242,37 +224,43 @@ def memory_fits(runs: LayerRuns, added: dict[str, int | None]) -> tuple[float, f
         return None
     overhead, per_row = linear_fit([main_rows(k) for k in runs.ks], [float(v) for v in plain])
     per_layer = linear_fit(list(runs.ks), [float(v) for v in layered])[1]
-    return max(overhead, 0.0), per_row, per_layer
+    return max(overhead, 0.0), per_row, max(per_layer - 2 * per_row, 0.0)
 
 
 def computed_lines(runs: LayerRuns, added: dict[str, int | None]) -> list[str]:
-    """Largest K per card at 1024 px, N = 1 and 2, computed from the measured lines: the
-    fp16 UNet and FG LoRA, the run's overhead at no rows as measured, and per image 4 rows
-    (BG and BLENDED, with CFG) at the per-row memory plus K times the per-layer memory, both
-    scaled by the area to 1024 px."""
+    """Largest K per card at 1024 px for N = 1 and 2 images, computed from the measured lines:
+    the fp16 UNet and FG LoRA, the run's overhead at no rows as measured, and the rows of the
+    main UNet call at the per-row memory (2 (K + 2) N with cond and uncond in one call,
+    (K + 2) N when ComfyUI splits them) plus the per-layer extra, both scaled by the area to
+    1024 px. The prior pass (K N rows) is a call of its own, smaller than the main one."""
     fits = memory_fits(runs, added)
     if fits is None:
         return []
-    overhead, per_row, per_layer = fits
+    overhead, per_row, extra = fits
     size = runs.setup.mode.size
     lines = [
         "",
         f"measured at {size} px: {overhead / 2**20:.0f} MB at no rows + {per_row / 2**20:.2f} MB per "
-        f"main-call row (plain), {per_layer / 2**20:.2f} MB per FG layer (layered, N = 1)",
+        f"main-call row (plain); layered: {extra / 2**20:.2f} MB per FG layer beyond its rows",
     ]
-    if not runs.setup.mode.name.startswith("sdxl"):
+    if runs.setup.mode.name != "sdxl":
         lines.append("largest K per card: not computed (needs the SDXL UNet's activations: run with --sdxl)")
         return lines
     scale = (FULL_SIZE / size) ** 2
     weights = SDXL_UNET_PARAMS * 2 + fg_lora_bytes()
     lines.append(
-        f"computed for {FULL_SIZE} px: {weights / 2**30:.2f} GB fp16 UNet and FG LoRA + overhead "
-        f"+ N x{scale:g} (area) (4 row + K layer), {RESERVE_GB:g} GB kept free"
+        f"computed for {FULL_SIZE} px: {weights / 2**30:.2f} GB fp16 UNet and FG LoRA + overhead + "
+        f"x{scale:g} (area) x (rows x per-row + N K x per-layer), {RESERVE_GB:g} GB kept free"
     )
     for images in (1, 2):
-        fixed = weights + overhead + images * scale * main_rows(0) * per_row
-        cells = ", ".join(f"{gb} GB: {largest_k(gb, fixed, images * scale * per_layer)}" for gb in CARDS_GB)
-        lines.append(f"largest K, N = {images}: {cells}")
+        for split, label in ((1, "cond+uncond in one call"), (2, "cond, uncond split")):
+
+            def need(k: int, n: int = images, s: int = split) -> float:
+                rows = main_rows(k, n) // s
+                return weights + overhead + scale * (rows * per_row + n * k * extra)
+
+            cells = ", ".join(f"{gb} GB: {largest_k(gb, need)}" for gb in CARDS_GB)
+            lines.append(f"largest K, N = {images}, {label}: {cells}")
     return lines
 
 

@@ -230,12 +230,11 @@ def init_weights_(module: torch.nn.Module, seed: int) -> None:
                 param.copy_(torch.randn(param.shape, generator=gen, device=param.device) * 0.01)
 
 
-def build_full_sdxl(comfy: SimpleNamespace, dtype: torch.dtype, seed: int = 0, shallow: bool = False) -> Any:
+def build_full_sdxl(comfy: SimpleNamespace, dtype: torch.dtype, seed: int = 0) -> Any:
     """A ModelPatcher around the full SDXL UNet architecture with random weights, built and
-    initialised directly on ComfyUI's torch device (``shallow``: see bench_layers)."""
-    unet_config = bench_layers.shallow_config(SDXL_UNET_CONFIG) if shallow else SDXL_UNET_CONFIG
-    config = comfy.supported_models.SDXL(unet_config)
-    if not shallow and not comfy.supported_models.SDXL.matches(config.unet_config):
+    initialised directly on ComfyUI's torch device."""
+    config = comfy.supported_models.SDXL(SDXL_UNET_CONFIG)
+    if not comfy.supported_models.SDXL.matches(config.unet_config):
         raise RuntimeError("SDXL_UNET_CONFIG no longer matches comfy.supported_models.SDXL")
     config.set_inference_dtype(dtype, None)
     load_device = comfy.mm.get_torch_device()
@@ -243,7 +242,7 @@ def build_full_sdxl(comfy: SimpleNamespace, dtype: torch.dtype, seed: int = 0, s
     init_weights_(model, seed)
     model.eval()
     layout = layout_from_unet_config(model.model_config.unet_config, name="SDXL")
-    if not shallow and layout.blocks != SDXL.blocks:
+    if layout.blocks != SDXL.blocks:
         raise RuntimeError(
             "the built UNet's transformer table differs from layerfusion_core.architectures.sdxl.SDXL"
         )
@@ -423,12 +422,7 @@ class Setup:
 
 
 def make_setup(mode: Mode, comfy: SimpleNamespace, sequential: bool = True) -> Setup:
-    shallow = mode.name == bench_layers.SHALLOW
-    model = (
-        tiny_sdxl.build_tiny_sdxl(0)
-        if mode.name == "tiny"
-        else build_full_sdxl(comfy, mode.dtype, 0, shallow)
-    )
+    model = tiny_sdxl.build_tiny_sdxl(0) if mode.name == "tiny" else build_full_sdxl(comfy, mode.dtype)
     layout = layout_from_unet_config(model.model.model_config.unet_config, name=mode.name)
     factors = lora_factors(layout, mode.lora_rank, mode.dtype)
     setup = Setup(
@@ -665,7 +659,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads or 1)
     base = TINY if args.mode == "tiny" else FULL
     mode = Mode(
-        bench_layers.SHALLOW if args.shallow else base.name, args.size, args.steps, args.repeats, DTYPES[args.dtype],
+        base.name, args.size, args.steps, args.repeats, DTYPES[args.dtype],
         base.context_dim, base.pooled_dim, base.lora_rank,
     )  # fmt: skip
     cpu = args.mode == "tiny" or not torch.cuda.is_available()
