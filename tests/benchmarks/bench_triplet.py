@@ -6,8 +6,11 @@ Run from the repository root::
     python3 tests/benchmarks/bench_triplet.py --tiny            # CPU, tiny random SDXL-shaped UNet
     python3 tests/benchmarks/bench_triplet.py --sdxl            # GPU, full SDXL UNet, fp16, 1024 px, 25 steps
 
+    python3 tests/benchmarks/bench_triplet.py --tiny --layers 1 2 3 4   # K FG layers (bench_layers.py)
+
 Options: ``--repeats N``, ``--steps N``, ``--size PX`` (image side), ``--dtype``, ``--threads N``,
-``--no-memory``, ``--profile VARIANT``, ``--fast-weights APPLICATION``, ``--fast-alt``. Not collected by pytest (no ``test_`` prefix). ComfyUI is
+``--no-memory``, ``--profile VARIANT``, ``--fast-weights APPLICATION``, ``--fast-alt``,
+``--layers K [K ...]``, ``--layers-options faithful|fast``. Not collected by pytest (no ``test_`` prefix). ComfyUI is
 found as the host tests find it (``$COMFYUI_PATH``, the ComfyUI holding this pack, ``~/ComfyUI``)
 and imported in library mode with only the modules sampling needs.
 
@@ -51,6 +54,12 @@ largest UNet activation seen was ~360 and the latents stayed finite: fp16 has am
 
 The last line printed is ``ratios: faithful <b/a> fast <c/a> faithful_vs_seq <b/d>
 fast_vs_seq <c/d> peak_extra_mb <(b)-(a)>``.
+
+``--layers K [K ...]`` replaces the four variants by, per K, plain sampling of K + 2 images in
+one batch and a layered run of K FG layers, BG and BLENDED (see bench_layers.py); the table
+then has one row per K, the largest K per card is computed from the measured memory (with
+``--sdxl``), and the last line is ``ratios: layers1 <layers/plain> ... peak_extra_mb layers1
+<MB> ...``.
 """
 
 from __future__ import annotations
@@ -67,7 +76,8 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -79,6 +89,7 @@ for _path in (REPO_ROOT / "tests", REPO_ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import bench_layers  # noqa: E402
 from support import comfy_import, tiny_sdxl  # noqa: E402
 
 from layerfusion_core.architectures.sdxl import SDXL, UNetLayout, layout_from_unet_config  # noqa: E402
@@ -339,6 +350,8 @@ class Setup:
     bg_model: Any = None
     fast_weights: WeightApplication = WeightApplication.MERGED
     variants: tuple[str, ...] = VARIANTS
+    extra_runs: dict[str, Callable[[], list[torch.Tensor]]] = field(default_factory=dict)
+    """More variants by name (the ``--layers`` runs)."""
 
     @property
     def alt_weights(self) -> WeightApplication:
@@ -393,6 +406,8 @@ class Setup:
         return [fg, blended, bg]
 
     def run(self, variant: str) -> list[torch.Tensor]:
+        if variant in self.extra_runs:
+            return self.extra_runs[variant]()
         if variant == "plain":
             return self.plain()
         if variant == "faithful":
@@ -406,7 +421,7 @@ class Setup:
         raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
 
 
-def make_setup(mode: Mode, comfy: SimpleNamespace) -> Setup:
+def make_setup(mode: Mode, comfy: SimpleNamespace, sequential: bool = True) -> Setup:
     model = tiny_sdxl.build_tiny_sdxl(0) if mode.name == "tiny" else build_full_sdxl(comfy, mode.dtype)
     layout = layout_from_unet_config(model.model.model_config.unet_config, name=mode.name)
     factors = lora_factors(layout, mode.lora_rank, mode.dtype)
@@ -414,9 +429,10 @@ def make_setup(mode: Mode, comfy: SimpleNamespace) -> Setup:
         comfy, mode, model, factors, foreground_weights(factors, layout),
         *(make_cond(mode, seed) for seed in (1, 2, 3, 4)),
     )  # fmt: skip
-    setup.fg_model = lora_patched_clone(comfy, model, factors)
-    setup.blended_model = concat_input_clone(model, 8, seed=11)
-    setup.bg_model = concat_input_clone(model, 12, seed=12)
+    if sequential:
+        setup.fg_model = lora_patched_clone(comfy, model, factors)
+        setup.blended_model = concat_input_clone(model, 8, seed=11)
+        setup.bg_model = concat_input_clone(model, 12, seed=12)
     return setup
 
 
@@ -442,21 +458,27 @@ def check_finite(variant: str, outputs: list[torch.Tensor]) -> None:
             )
 
 
-def timed_run(setup: Setup, variant: str) -> tuple[float, int | None]:
-    """Seconds of one run, and the CUDA peak allocated bytes during it (None on the CPU)."""
+def timed_run(setup: Setup, variant: str) -> tuple[float, int | None, int | None]:
+    """Seconds of one run, and the CUDA peak allocated bytes during it and allocated bytes
+    before it (None on the CPU)."""
     synchronize(setup)
+    before = None
     if on_gpu(setup):
         torch.cuda.reset_peak_memory_stats(setup.model.load_device)
+        before = torch.cuda.memory_allocated(setup.model.load_device)
     start = time.perf_counter()
     setup.run(variant)
     synchronize(setup)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(setup.model.load_device) if on_gpu(setup) else None
-    return seconds, peak
+    return seconds, peak, before
 
 
-def measure(setup: Setup, repeats: int) -> tuple[dict[str, list[float]], dict[str, int | None]]:
-    """Warm every variant up once (untimed), then ``repeats`` rounds in rotating order."""
+def measure(
+    setup: Setup, repeats: int, added: dict[str, int | None] | None = None
+) -> tuple[dict[str, list[float]], dict[str, int | None]]:
+    """Warm every variant up once (untimed), then ``repeats`` rounds in rotating order.
+    On a GPU, ``added`` gets each variant's highest peak less what was allocated before it."""
     variants = setup.variants
     for variant in variants:
         check_finite(variant, setup.run(variant))
@@ -465,19 +487,26 @@ def measure(setup: Setup, repeats: int) -> tuple[dict[str, list[float]], dict[st
     for r in range(repeats):
         order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for variant in order:
-            seconds, peak = timed_run(setup, variant)
+            seconds, peak, before = timed_run(setup, variant)
             times[variant].append(seconds)
             if peak is not None:
                 peaks[variant] = max(peaks[variant] or 0, peak)
+                if added is not None and before is not None:
+                    added[variant] = max(added.get(variant) or 0, peak - before)
     return times, peaks
 
 
-def forked_peaks(setup: Setup) -> dict[str, int | None]:
-    """Peak RSS (bytes) of one forked child per variant, each running the variant once.
+def forked_peaks(
+    setup: Setup, added: dict[str, int | None] | None = None, reset_peak: bool = False
+) -> dict[str, int | None]:
+    """Peak RSS (bytes) of one forked child per variant, each running the variant once;
+    ``added`` gets each child's peak less its RSS before the run.
 
-    The children fork from the same state (everything imported and built, nothing sampled
-    yet), so their peaks share one baseline and differ by what each variant allocates;
-    Linux starts a child's ru_maxrss afresh at its own RSS.
+    The children fork from the same state, so their peaks share one baseline and differ by
+    what each variant allocates; Linux starts a child's ru_maxrss afresh at its own RSS.
+    ``reset_peak`` (Linux): the child first hands freed heap back (malloc_trim) and resets
+    its peak RSS to its RSS (/proc/self/clear_refs), so a parent that has already sampled
+    lends it neither a higher peak nor reusable freed memory.
     """
     peaks: dict[str, int | None] = {}
     for variant in setup.variants:
@@ -487,9 +516,14 @@ def forked_peaks(setup: Setup) -> dict[str, int | None]:
             os.close(read_fd)
             status = 1
             try:
+                if reset_peak:
+                    bench_layers.reset_peak_rss()
+                start = bench_layers.rss_bytes("VmRSS") if reset_peak else None
+                start = start or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RU_MAXRSS_UNIT
                 check_finite(variant, setup.run(variant))
-                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RU_MAXRSS_UNIT
-                os.write(write_fd, str(peak).encode())
+                peak = bench_layers.rss_bytes("VmHWM") if reset_peak else None
+                peak = peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RU_MAXRSS_UNIT
+                os.write(write_fd, f"{peak} {start}".encode())
                 status = 0
             except BaseException:
                 log.exception("memory child for %s failed", variant)
@@ -499,7 +533,10 @@ def forked_peaks(setup: Setup) -> dict[str, int | None]:
         with os.fdopen(read_fd) as pipe:
             data = pipe.read()
         _, status = os.waitpid(pid, 0)
-        peaks[variant] = int(data) if status == 0 and data else None
+        peak, start = (int(v) for v in data.split()) if status == 0 and data else (None, None)
+        peaks[variant] = peak
+        if added is not None:
+            added[variant] = None if peak is None or start is None else peak - start
     return peaks
 
 
@@ -533,19 +570,25 @@ def mib(value: int | None) -> str:
     return "n/a" if value is None else str(round(value / 2**20))
 
 
-def report(
-    setup: Setup, args: argparse.Namespace, times: dict[str, list[float]], peaks: dict[str, int | None]
-) -> None:
+def header_lines(setup: Setup, args: argparse.Namespace) -> list[str]:
     mode = setup.mode
     device = torch.cuda.get_device_name(setup.model.load_device) if on_gpu(setup) else cpu_name()
     memory = "CUDA peak allocated" if on_gpu(setup) else "peak RSS of a forked process per variant"
-    lines = [
+    return [
         f"bench_triplet {mode.name}: {datetime.date.today().isoformat()}, ComfyUI {setup.comfy.version}, "
         f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads",
         f"{mode.size}x{mode.size} px, {mode.steps} steps, {mode.sampler}/{mode.scheduler}, cfg {mode.cfg}, "
         f"{str(mode.dtype).removeprefix('torch.')}, FG LoRA rank {mode.lora_rank}, "
         f"{args.repeats} repeats (median), memory = {memory}",
         f"fast = previous_only priors, FG weights {setup.fast_weights.value}",
+    ]
+
+
+def report(
+    setup: Setup, args: argparse.Namespace, times: dict[str, list[float]], peaks: dict[str, int | None]
+) -> None:
+    lines = [
+        *header_lines(setup, args),
         "",
         f"| {'variant':<28} | {'median s':>9} | {'vs plain':>8} | {'peak MB':>8} |",
         f"|{'-' * 30}|{'-' * 11}|{'-' * 10}|{'-' * 10}|",
@@ -593,6 +636,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="FG weight application of the fast variant (default merged)",
     )
     parser.add_argument("--fast-alt", action="store_true", help="add (c'): fast with the other application")
+    bench_layers.add_arguments(parser)
     args = parser.parse_args(argv)
     base = TINY if args.mode == "tiny" else FULL
     args.repeats = args.repeats or base.repeats
@@ -603,6 +647,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--size: expected a positive multiple of 64, got {args.size}")
     if args.repeats < 1 or args.steps < 1:
         parser.error("--repeats and --steps: expected >= 1")
+    bench_layers.check_arguments(parser, args)
     return args
 
 
@@ -621,21 +666,34 @@ def main(argv: list[str] | None = None) -> None:
     if cpu:
         torch.set_flush_denormal(True)
     comfy = import_comfy(cpu)
-    setup = make_setup(mode, comfy)
+    setup = make_setup(mode, comfy, sequential=args.layers is None)
     setup.fast_weights = WeightApplication(args.fast_weights)
     setup.variants = (*VARIANTS, ALT) if args.fast_alt else VARIANTS
+    runs = None
+    if args.layers is not None:
+        fgs = [make_cond(mode, 20 + k) for k in range(max(args.layers))]
+        runs = bench_layers.LayerRuns.install(setup, args, fgs, stack_prompts, FAST)
     peaks: dict[str, int | None] = dict.fromkeys(setup.variants)
-    if not on_gpu(setup) and not args.no_memory:
-        if hasattr(os, "fork"):
-            peaks = forked_peaks(setup)
-        else:
-            log.warning("no os.fork on this platform: peak memory is n/a")
-    times, cuda_peaks = measure(setup, args.repeats)
+    added: dict[str, int | None] = dict.fromkeys(setup.variants)
+    forks = not on_gpu(setup) and not args.no_memory
+    if forks and not hasattr(os, "fork"):
+        log.warning("no os.fork on this platform: peak memory is n/a")
+        forks = False
+    if forks and runs is None:  # the triplet's children fork before anything was sampled
+        peaks = forked_peaks(setup, added)
+    times, cuda_peaks = measure(setup, args.repeats, added)
+    if forks and runs is not None:  # the layers' children fork warm: first-run costs paid
+        peaks = forked_peaks(setup, added, reset_peak=True)
     if on_gpu(setup):
         peaks = cuda_peaks
     if args.profile:
         profile(setup, args.profile)
-    report(setup, args, times, peaks)
+    if runs is None:
+        report(setup, args, times, peaks)
+    else:
+        medians = {v: statistics.median(times[v]) for v in setup.variants}
+        lines = [*header_lines(setup, args)[:2], f"layers: {args.layers_options} options", ""]
+        print("\n".join(lines + bench_layers.report_lines(runs, medians, peaks, added, mib)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The triplet benchmark's --tiny mode runs end to end and ends with the ratios line."""
+"""The triplet benchmark's --tiny mode runs end to end and ends with the ratios line, with the
+four triplet variants and with --layers."""
 
 import os
 import re
@@ -9,16 +10,20 @@ from support.comfy_import import ENV_COMFYUI_PATH, REPO_ROOT
 
 BENCH = REPO_ROOT / "tests" / "benchmarks" / "bench_triplet.py"
 NUMBER = r"\d+\.\d\d"
+MB = r"(-?\d+|n/a)"
 RATIOS = re.compile(
     rf"ratios: faithful {NUMBER} fast {NUMBER} faithful_vs_seq {NUMBER} fast_vs_seq {NUMBER} "
-    r"peak_extra_mb (-?\d+|n/a)"
+    rf"peak_extra_mb {MB}"
+)
+LAYER_RATIOS = re.compile(
+    rf"ratios: layers1 {NUMBER} layers2 {NUMBER} peak_extra_mb layers1 {MB} layers2 {MB}"
 )
 
 
-def test_tiny_benchmark_prints_table_and_ratios_line(comfy_host):
+def run_bench(comfy_host, *extra: str) -> list[str]:
     env = {**os.environ, ENV_COMFYUI_PATH: str(comfy_host.root)}
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--tiny", "--repeats", "1", "--steps", "2"],
+        [sys.executable, str(BENCH), "--tiny", "--repeats", "1", "--steps", "2", *extra],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -26,9 +31,24 @@ def test_tiny_benchmark_prints_table_and_ratios_line(comfy_host):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.strip().splitlines()
+    return done.stdout.strip().splitlines()
+
+
+def test_tiny_benchmark_prints_table_and_ratios_line(comfy_host):
+    lines = run_bench(comfy_host)
     assert RATIOS.fullmatch(lines[-1]), lines[-1]
     table = "\n".join(lines)
     for label in ("(a) plain batch-3", "(b) LayerFusion", "(c) LayerFusion", "(d) LayerDiffuse"):
         assert label in table
     assert "peak_extra_mb n/a" not in lines[-1] or not hasattr(os, "fork")
+
+
+def test_tiny_layers_benchmark_prints_one_row_per_k_and_the_memory_fit(comfy_host):
+    lines = run_bench(comfy_host, "--layers", "1", "2")
+    assert LAYER_RATIOS.fullmatch(lines[-1]), lines[-1]
+    rows = [line for line in lines if re.match(r"\|\s+\d+ \|", line)]
+    assert [row.split("|")[1].strip() for row in rows] == ["1", "2"]
+    assert [row.split("|")[2].strip() for row in rows] == ["6+1", "8+2"]  # 2 (K + 2) + K rows
+    if hasattr(os, "fork"):
+        assert any(line.startswith("measured at 128 px:") for line in lines), "\n".join(lines)
+        assert "largest K per card: not computed" in "\n".join(lines)
