@@ -4,7 +4,8 @@
   ModelPatcher of its own, attached to the run's clone as an additional model. ComfyUI
   then loads them with the UNet (``load_models_gpu``), counts them against free memory,
   offloads them like any model, and keeps them loaded across runs; the deltas read the
-  very same parameters, wherever the host put them.
+  very same parameters, wherever the host put them. When it unloads them, the merged copies
+  built from them are released too.
 - Attention work: shared self-attention gives the BG and BLENDED rows twice the keys. The
   host's estimate (linear in rows) is scaled by the rows that work is worth, in both places
   the host estimates: the noise shape its PREPARE_SAMPLING estimate is made for (when the
@@ -60,6 +61,7 @@ def foreground_weights_patcher(weights: ForegroundWeights, model) -> Any:
     """The ModelPatcher holding ``weights``' tensors, made once per set of tensors (every
     strength/application view of one file shares it) for ``model``'s devices."""
     import comfy.model_patcher
+    import comfy.patcher_extension
 
     shared = weights.host_state
     patcher = shared.get(PATCHER_KEY)
@@ -71,6 +73,16 @@ def foreground_weights_patcher(weights: ForegroundWeights, model) -> Any:
         patcher = comfy.model_patcher.ModelPatcher(
             module, load_device=model.load_device, offload_device=model.offload_device
         )
+        # When ComfyUI unloads the FG weights (to free memory, or all models), the merged
+        # copies built from them go too: they are rebuilt on the next merged run.
+        # (A detach without unpatching is ComfyUI re-seating an already loaded model.)
+        merged = weights.merged
+
+        def detached(_patcher, unpatch_all: bool = True, *_: Any) -> None:
+            if unpatch_all:
+                merged.release()
+
+        patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_DETACH, PATCHER_KEY, detached)
         shared[PATCHER_KEY] = patcher
     return patcher
 

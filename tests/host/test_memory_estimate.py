@@ -114,3 +114,15 @@ def test_merged_copies_still_to_build_are_in_the_estimate(make_tiny_sdxl, load_r
     assert weights.merged.num_bytes >= merged_bytes  # built, and kept for the next run
     run(model, weights=weights)
     assert load_requests[-1][1] == pytest.approx(plain_memory * SHARING_FACTOR, rel=1e-6)
+
+
+def test_merged_copies_are_released_when_comfyui_unloads_the_fg_weights(make_tiny_sdxl, comfy_host):
+    model = make_tiny_sdxl(0)
+    weights = tiny_fg_weights(model, application="merged")
+    run(model, weights=weights)
+    plain(model, conds()[0])  # another workflow on the same model: the copies stay for reuse
+    assert weights.merged.num_bytes > 0
+    comfy_host.model_management.unload_all_models()
+    assert weights.merged.num_bytes == 0
+    run(model, weights=weights)  # and are rebuilt on the next merged run
+    assert weights.merged.num_bytes > 0
