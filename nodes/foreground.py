@@ -44,8 +44,9 @@ class LayerFusionForegroundLoader(io.ComfyNode):
                     "application",
                     options=[m.value for m in WeightApplication],
                     default=WeightApplication.ON_THE_FLY.value,
-                    tooltip="on_the_fly: add x·down·up for the FG rows (no extra memory). merged: keep a "
-                    "merged weight copy for the FG rows (+1.9 GB at fp16 for SDXL).",
+                    tooltip="on_the_fly: add x·down·up for the FG rows (no extra memory). merged: the FG "
+                    "rows go through a merged weight copy (+1.9 GB at fp16 for SDXL), built on first use and "
+                    "kept across runs until ComfyUI unloads the FG weights.",
                 ),
                 auto_download_input(),
             ],
