@@ -1,5 +1,7 @@
 """Rows of the sampler's latent, set at the start of an evaluation in place (so the sampler's
-own state follows: the step is taken from the set latent).
+own state follows: the step is taken from the set latent). With a latent noise mask (ComfyUI's
+inpainting) the model sees a masked copy of the state instead, so there the edits reach the
+model's input but not the sampler's state.
 
 - ``LatentPaste`` (LAYERS.md 1c): inside FG_k's region, BLENDED's latent is copied into
   FG_k's, z_fg = z_blend m + z_fg (1 - m), early in the run, so the object lands at the
