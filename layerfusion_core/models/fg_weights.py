@@ -54,10 +54,12 @@ class LoraFactors:
         """x [R, ..., in] -> the delta of its outputs, x · downᵀ · upᵀ · scale (rank-r path)."""
         return F.linear(F.linear(x, on_device("down", self.down)), on_device("up", self.up)) * self.scale
 
-    def operands(self, strength: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """float32 (first [in, r], second [r, out], bias None): delta of rows [M, in] =
-        (rows @ first) @ second, with ``strength`` and the alpha scale folded in."""
-        return self.down.float().t(), self.up.float().t() * (self.scale * strength), None
+    def operands(
+        self, strength: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, float]:
+        """(first [in, r], second [r, out], bias None, alpha): views of the stored factors (no
+        copy); the delta of rows [M, in] is alpha * (rows @ first) @ second."""
+        return self.down.t(), self.up.t(), None, self.scale * strength
 
 
 @dataclass
@@ -79,10 +81,12 @@ class Offset:
         bias = None if self.bias is None else on_device("bias", self.bias)
         return F.linear(x, on_device("weight", self.weight), bias)
 
-    def operands(self, strength: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """float32 (first [in, out], None, bias [out] or None): delta of rows = rows @ first + bias."""
-        bias = None if self.bias is None else self.bias.float() * strength
-        return self.weight.float().t() * strength, None, bias
+    def operands(
+        self, strength: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, float]:
+        """(first [in, out], None, bias [out] or None, alpha): views of the stored offsets (no
+        copy); the delta of rows is alpha * (rows @ first + bias)."""
+        return self.weight.t(), None, self.bias, strength
 
 
 @dataclass

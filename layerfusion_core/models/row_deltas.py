@@ -101,15 +101,20 @@ class RowDelta:
         self.merged = MergedWeightCache() if merged is None else merged
         self._cache: dict[tuple, torch.Tensor] = {}
 
-    def _factors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(first, second, bias) on like's device/dtype with the strength (and a LoRA's
-        alpha scale) folded in once per run, as right-hand GEMM operands: the delta of rows
-        [M, in] is (rows @ first) @ second for a LoRA, rows @ first (+ bias) for an offset."""
+    def _factors(
+        self, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, float]:
+        """(first, second, bias, alpha) on like's device and dtype, as right-hand GEMM operands:
+        the delta of rows [M, in] is alpha * (rows @ first) @ second for a LoRA, alpha * (rows @
+        first + bias) for an offset. The stored tensors themselves where their device and dtype
+        already match (the FG weights loaded by ComfyUI next to the UNet): no second copy;
+        else one copy per run. The strength and a LoRA's alpha scale go in as the GEMMs' alpha."""
         key = (like.device, like.dtype)
         cached = self._cache.get(key)
         if cached is None:
+            first, second, bias, alpha = self.delta.operands(self.strength)
             on_device = lambda t: None if t is None else t.to(device=like.device, dtype=like.dtype)  # noqa: E731
-            cached = self._cache[key] = tuple(on_device(t) for t in self.delta.operands(self.strength))
+            cached = self._cache[key] = (on_device(first), on_device(second), on_device(bias), alpha)
         return cached
 
     def forward(self, module: torch.nn.Module, x: torch.Tensor, base_forward: BaseForward) -> torch.Tensor:
@@ -159,7 +164,7 @@ class RowDelta:
         rows = self.selection.indices
         if rows is None or rows.numel() == 0 or self.strength == 0:
             return out
-        first, second, bias = self._factors(x)
+        first, second, bias, alpha = self._factors(x)
         fused = out.is_contiguous() and out.dtype == x.dtype
         for a, b, fg in self.selection.segments(x.shape[0]):
             if not fg:
@@ -168,11 +173,11 @@ class RowDelta:
             target = out[a:b].view(-1, out.shape[-1]) if fused else torch.zeros_like(out[a:b], dtype=x.dtype)
             target = target.view(-1, out.shape[-1])
             if second is None:
-                target.addmm_(rows2d, first)
+                target.addmm_(rows2d, first, alpha=alpha)
             else:
-                target.addmm_(torch.mm(rows2d, first), second)
+                target.addmm_(torch.mm(rows2d, first), second, alpha=alpha)
             if bias is not None:
-                target.add_(bias)
+                target.add_(bias, alpha=alpha)
             if not fused:
                 out[a:b] += target.view(out[a:b].shape).to(out.dtype)
         return out

@@ -175,3 +175,21 @@ def test_bias_offset_applies_in_both_modes():
         x = torch.randn(2, 3)
         out = module(x)
         torch.testing.assert_close(out[1], base(x)[1] + torch.tensor([0.5, -1.0]))
+
+
+def test_on_the_fly_uses_the_stored_factors_without_a_copy_and_matches_the_dense_delta():
+    base = torch.nn.Linear(6, 5)
+    g = torch.Generator().manual_seed(3)
+    up, down = torch.randn(5, 2, generator=g), torch.randn(2, 6, generator=g)
+    selection = RowSelection()
+    delta = RowDelta(LoraFactors(up, down, scale=0.5), 0.8, "on_the_fly", selection)
+    module = make_row_delta_module(base, delta)
+    selection.indices = torch.tensor([1])
+    x = torch.randn(2, 3, 6, generator=g)
+    out = module(x)
+    expected = torch.nn.functional.linear(x[1], base.weight + 0.8 * 0.5 * (up @ down), base.bias)
+    torch.testing.assert_close(out[1], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[0], base(x[0]), atol=0, rtol=0)
+    ((first, second, _, alpha),) = delta._cache.values()
+    assert first.data_ptr() == down.data_ptr() and second.data_ptr() == up.data_ptr()  # views, no copy
+    assert alpha == 0.8 * 0.5
