@@ -215,11 +215,71 @@ class LayoutOptions:
     couple_end_percent: float = 0.30
     paste_end_percent: float = 0.15  # until here BLENDED's latent is pasted into FG_k inside its region
 
+    # Every stream's state at this percent is kept in the layer bundle: a later re-harmonise
+    # (LAYERS.md 2) re-noises the moved layers with the noise it implies.
+    keep_percent: float = 0.40
+
     def __post_init__(self) -> None:
-        for name in ("couple_end_percent", "paste_end_percent"):
+        for name in ("couple_end_percent", "paste_end_percent", "keep_percent"):
             value = require_finite(name, getattr(self, name))
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}: expected 0 <= value <= 1, got {value}")
+
+
+class ReharmonizePreset(str, Enum):
+    """Named (start, end) percents of a re-harmonise (LAYERS.md 2.5)."""
+
+    DEFAULT = "default"  # 0.40 / 0.60
+    STRONGER_SHADOWS = "stronger_shadows"  # 0.30 / 0.50
+    CONSERVATIVE = "conservative"  # 0.50 / 0.70
+    CUSTOM = "custom"  # the given percents
+
+
+REHARMONIZE_WINDOWS: dict[ReharmonizePreset, tuple[float, float]] = {
+    ReharmonizePreset.DEFAULT: (0.40, 0.60),
+    ReharmonizePreset.STRONGER_SHADOWS: (0.30, 0.50),
+    ReharmonizePreset.CONSERVATIVE: (0.50, 0.70),
+}
+
+
+@dataclass(frozen=True)
+class ReharmonizeOptions:
+    """A re-harmonise (LAYERS.md 2): BLENDED re-denoised from ``start_percent``, the moved
+    layers' regions pinned until ``end_percent``; percents as ComfyUI's."""
+
+    start_percent: float = 0.40
+    end_percent: float = 0.60
+    lock_foreground: bool = True  # the moved layers' pixels composited over the result
+    effects_threshold: float = 0.02  # differences up to this (0..1) stay out of the effects layer
+
+    def __post_init__(self) -> None:
+        for name in ("start_percent", "end_percent", "effects_threshold"):
+            require_finite(name, getattr(self, name))
+        if not 0.0 <= self.start_percent <= self.end_percent <= 1.0:
+            raise ValueError(
+                "p_start/p_end: expected 0 <= p_start <= p_end <= 1, got "
+                f"{self.start_percent}, {self.end_percent}"
+            )
+        if not 0.0 <= self.effects_threshold <= 1.0:
+            raise ValueError(f"effects_threshold: expected 0 <= value <= 1, got {self.effects_threshold}")
+
+    @classmethod
+    def from_preset(
+        cls,
+        preset: ReharmonizePreset | str,
+        start_percent: float,
+        end_percent: float,
+        lock_foreground: bool = True,
+        effects_threshold: float = 0.02,
+    ) -> ReharmonizeOptions:
+        """The preset's window, or with CUSTOM the given one."""
+        try:
+            preset = ReharmonizePreset(preset)
+        except ValueError:
+            names = ", ".join(p.value for p in ReharmonizePreset)
+            raise ValueError(f"preset: expected one of {names}, got {preset!r}") from None
+        start, end = REHARMONIZE_WINDOWS.get(preset, (start_percent, end_percent))
+        return cls(start, end, lock_foreground, effects_threshold)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from .foreground import LayerFusionForegroundLoader  # noqa: E402
 from .layer_decode import LayerFusionDecodeLayers  # noqa: E402
 from .layers import LayerFusionLayerPrompt, LayerFusionLayersSampler  # noqa: E402
 from .options import LayerFusionLayoutOptions, LayerFusionMaskBlender, LayerFusionPriorExtractor  # noqa: E402
+from .reharmonize import LayerFusionReharmonize  # noqa: E402
 from .sampler import LayerFusionTripletSampler  # noqa: E402
 from .save import LayerFusionSaveLayers  # noqa: E402
 
@@ -33,6 +34,7 @@ NODES: list[type[io.ComfyNode]] = [
     LayerFusionLayoutOptions,
     LayerFusionLayersSampler,
     LayerFusionDecodeLayers,
+    LayerFusionReharmonize,
 ]
 
 

@@ -204,15 +204,27 @@ class LayerFusionLayoutOptions(io.ComfyNode):
                     "Until here the blended latent is pasted into a boxed layer inside its box, so the object "
                     "lands at the same place in the layer and the blended image (0 = off).",
                 ),
+                unit_float(
+                    "keep_percent",
+                    d.keep_percent,
+                    "Every layer's latent at this percent is kept in the bundle: LayerFusion Re-harmonize "
+                    "re-noises moved layers with the noise it implies (1 = keep nothing).",
+                ),
             ],
             outputs=[output(LayoutOptionsType, "layout_options")],
         )
 
     @classmethod
     def execute(
-        cls, per_layer_noise: bool, couple_end_percent: float, paste_end_percent: float
+        cls,
+        per_layer_noise: bool,
+        couple_end_percent: float,
+        paste_end_percent: float,
+        keep_percent: float = LAYOUT_DEFAULTS.keep_percent,
     ) -> io.NodeOutput:
         try:
-            return io.NodeOutput(LayoutOptions(per_layer_noise, couple_end_percent, paste_end_percent))
+            return io.NodeOutput(
+                LayoutOptions(per_layer_noise, couple_end_percent, paste_end_percent, keep_percent)
+            )
         except ValueError as err:
             raise ValueError(f"LayerFusionLayoutOptions: {err}") from err

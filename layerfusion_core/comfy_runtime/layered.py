@@ -77,4 +77,7 @@ def sample_layered(
         boxes={key: layer.box for key, layer in zip(order, chain.layers, strict=True)},
         settings=settings,
         options=options,
+        keep_percent=options.layout.keep_percent,
+        kept={} if result.kept is None else {str(s): z for s, z in result.kept.latents.items()},
+        kept_sigma=None if result.kept is None else result.kept.sigma,
     )

@@ -17,18 +17,29 @@ from ..models.fg_weights import ForegroundWeights
 from ..models.transparent_vae import pixel_size
 from .conditioning import check_negative, eos_per_stream, fg_only_conditioning, stack_conditionings
 from .patching import patch_model
+from .progress import LatentKeeper, StepObserver, progress_callback
 
 log = logging.getLogger(__name__)
 
 BROWNIAN_SAMPLERS = {"dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"}
 
 
+@dataclass(frozen=True)
+class KeptLatents:
+    """Every stream's state at one step of the run (in the LATENT's space) and that step's sigma."""
+
+    latents: dict[Stream, torch.Tensor]  # [N, 4, h, w] per stream
+    sigma: float
+
+
 @dataclass
 class LayersResult:
-    """What a run gives back: every stream's final latent, and each FG stream's final masks."""
+    """What a run gives back: every stream's final latent, each FG stream's final masks, and
+    the states kept for a later re-harmonise (None when no step reached the keep sigma)."""
 
     latents: dict[Stream, torch.Tensor]  # [N, 4, h, w] per stream
     masks: dict[Stream, tuple[torch.Tensor, torch.Tensor]]  # (soft, hard) [N, H, W] at image size
+    kept: KeptLatents | None = None
 
 
 @dataclass
@@ -110,25 +121,15 @@ def initial_noise(latent_image: torch.Tensor, seeds: list[int], batch_index) -> 
     return per_stream.reshape(-1, *per_stream.shape[2:])
 
 
-def _progress_callback(model, steps: int):
-    """ComfyUI's preview/progress callback, checking Cancel at every step."""
-    import comfy.model_management
-    import latent_preview
-
-    preview = latent_preview.prepare_callback(model, steps)
-
-    def callback(step, x0, x, total_steps):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        preview(step, x0, x, total_steps)
-
-    return callback
-
-
 def sample_layers(
-    model, weights: ForegroundWeights | None, plan: RunPlan, settings: SamplerSettings
+    model,
+    weights: ForegroundWeights | None,
+    plan: RunPlan,
+    settings: SamplerSettings,
+    observers: tuple[StepObserver, ...] = (),
 ) -> LayersResult:
     """Sample every stream of ``plan`` for N images (N = the latent's batch) in one lockstep
-    run on a clone of ``model``."""
+    run on a clone of ``model``; every stream's state is kept at ``options.layout.keep_percent``."""
     import comfy.sample
     import comfy.samplers
 
@@ -191,21 +192,26 @@ def sample_layers(
         )
         sampler.extra_options = {**sampler.extra_options, "noise_sampler": shared}
 
-    callback = _progress_callback(clone, sigmas.shape[-1] - 1)
+    keep_sigma = float(clone.get_model_object("model_sampling").percent_to_sigma(options.layout.keep_percent))
+    keeper = LatentKeeper(clone, keep_sigma)
+    callback = progress_callback(clone, sigmas, (keeper, *observers))
     samples = comfy.sample.sample_custom(
         clone, noise, settings.cfg, sampler, sigmas, positive, plan.negative, stacked_latent,
         noise_mask=noise_mask, callback=callback, disable_pbar=True, seed=settings.seed,
     )  # fmt: skip
 
-    for pin in plan.pins:  # a pin through the end holds the final latent too
-        if pin.until_sigma <= 0:
-            pin.apply(samples, 0.0, stream_set)
+    if patch.edits is not None:
+        patch.edits.finish(samples)  # a pin through the end holds the final latent too
     rows = samples.reshape(num_images, per_image, *samples.shape[1:])
     latents = {stream: rows[:, i] for i, stream in enumerate(stream_set.streams)}
     masks = _masks_at_image_size(
         patch.controller.final_masks(), stream_set, num_images, latent_image.shape[-2:]
     )
-    return LayersResult(latents, masks)
+    kept = None
+    if keeper.latent is not None:
+        kept_rows = keeper.latent.reshape(num_images, per_image, *samples.shape[1:])
+        kept = KeptLatents({s: kept_rows[:, i] for i, s in enumerate(stream_set.streams)}, keeper.sigma)
+    return LayersResult(latents, masks, kept)
 
 
 def _latent_edits(model, plan: RunPlan, latent_hw) -> LatentEdits | None:
@@ -217,7 +223,7 @@ def _latent_edits(model, plan: RunPlan, latent_hw) -> LatentEdits | None:
         return None
     sampling = model.get_model_object("model_sampling")
     paste_sigma = float(sampling.percent_to_sigma(plan.options.layout.paste_end_percent))
-    return LatentEdits(plan.stream_set, paste, paste_sigma, plan.pins)
+    return LatentEdits(plan.stream_set, paste, paste_sigma, plan.pins, model.model.process_latent_in)
 
 
 def sample_triplet(

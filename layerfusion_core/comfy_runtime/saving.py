@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..files.writing import write_new_files
-from ..layers.bundle import BG_KEY, BLENDED_KEY, LayerBundle
+from ..layers.bundle import BG_KEY, BLENDED_KEY, EFFECTS_KEY, LayerBundle
 from ..layers.psd import psd_writer
 
 COMPRESS_LEVEL = 4  # SaveImage's
@@ -111,17 +111,23 @@ def fg_suffix(index: int, name: str) -> str:
 
 
 def bundle_files(bundle: LayerBundle, save_psd: bool) -> LayerFiles:
-    """A decoded bundle's files: per FG layer its RGBA PNG and its soft and hard masks, BG
-    and BLENDED; its PSD: BG, the FG layers back to front, BLENDED hidden on top."""
+    """A decoded bundle's files: per FG layer its RGBA PNG and its soft and hard masks, BG,
+    BLENDED and, after a re-harmonise, the effects layer; its PSD: BG, the effects, the FG
+    layers back to front, BLENDED hidden on top."""
     suffixes = {key: fg_suffix(index, bundle.names[key]) for index, key in enumerate(bundle.order)}
     shown = {suffixes[key]: bundle.images[key] for key in bundle.order}
     shown.update({BG_KEY: bundle.images[BG_KEY], BLENDED_KEY: bundle.images[BLENDED_KEY]})
+    effects = ()
+    if EFFECTS_KEY in bundle.images:
+        shown[EFFECTS_KEY] = bundle.images[EFFECTS_KEY]
+        effects = (("effects", EFFECTS_KEY, True),)
     others = {}
     for key in bundle.order:
         soft, hard = bundle.masks[key]
         others.update({f"{suffixes[key]}_soft_mask": soft, f"{suffixes[key]}_hard_mask": hard})
     psd = (
         ("background", BG_KEY, True),
+        *effects,
         *((bundle.names[key], suffixes[key], True) for key in bundle.order),
         ("blended", BLENDED_KEY, False),
     )

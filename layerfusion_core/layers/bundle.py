@@ -2,7 +2,10 @@
 
 Keys are layer keys (strings: "fg0".."fg{K-1}", "bg", "blended"), so a bundle reads the same
 in any copy of the pack's modules. ``order`` lists the FG keys back to front; ``kept`` holds
-the latents a later re-harmonise starts from (at ``keep_percent``), empty when not kept.
+every stream's state at the first step at or after ``keep_percent`` (sigma ``kept_sigma``),
+where a later re-harmonise starts from, empty when not kept. Latents are in the LATENT's
+space (as ComfyUI's samplers return them). After a re-harmonise, ``images`` also holds the
+effects layer (``EFFECTS_KEY``, RGBA: what the re-harmonise added around the moved layers).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 
 BG_KEY = "bg"
 BLENDED_KEY = "blended"
+EFFECTS_KEY = "effects"
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,8 @@ class LayerBundle:
     settings: Any  # the run's SamplerSettings
     options: Any  # the run's LayerFusionOptions
     keep_percent: float | None = None
-    kept: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> latent at keep_percent
+    kept: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> latent at kept_sigma
+    kept_sigma: float | None = None  # sigma of the step the kept latents are at
     images: dict[str, torch.Tensor] = field(default_factory=dict)  # after decode: FG RGBA, BG/BLENDED RGB
 
     @property

@@ -6,8 +6,9 @@ ONE image of the batch (core expands an item's batch into one layer per frame, s
 N images cannot share one document). Items, bottom to top by ``z_index``:
 
 - ``bg`` (z 0), RGB;
-- the FG layers back to front (z 1 .. K), RGBA with straight colour, named by their layer name;
-- ``blended`` (z K + 1), RGB, ``visible: False``: the harmonised image, hidden on top, to
+- after a re-harmonise, ``effects`` (z 1), RGBA: the shadows and light it added;
+- the FG layers back to front, RGBA with straight colour, named by their layer name;
+- ``blended`` (on top), RGB, ``visible: False``: the harmonised image, hidden on top, to
   compare with the editable stack below (as in the layered PSD).
 
 Pure torch: no ComfyUI here.
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .bundle import BG_KEY, BLENDED_KEY, LayerBundle
+from .bundle import BG_KEY, BLENDED_KEY, EFFECTS_KEY, LayerBundle
 
 DOCUMENT_VERSION = 1
 RGB = 3
@@ -64,7 +65,10 @@ def layers_document(bundle: LayerBundle, image_index: int = 0) -> dict[str, Any]
         raise ValueError("layers: expected a decoded bundle (from LayerFusion Decode Layers), got no images")
     check_image_index(bundle.num_images, image_index)
     height, width = bundle.images[BG_KEY].shape[1:3]
-    stack = [(BG_KEY, "bg", True), *((k, bundle.names[k], True) for k in bundle.order)]
+    stack = [(BG_KEY, "bg", True)]
+    if EFFECTS_KEY in bundle.images:
+        stack.append((EFFECTS_KEY, "effects", True))
+    stack += [(k, bundle.names[k], True) for k in bundle.order]
     stack.append((BLENDED_KEY, "blended", False))
     items = []
     for z_index, (key, name, visible) in enumerate(stack):

@@ -7,8 +7,8 @@ model's input but not the sampler's state.
   FG_k's, z_fg = z_blend m + z_fg (1 - m), early in the run, so the object lands at the
   same place in FG_k and BLENDED although their noise differs.
 - ``Pin`` (LAYERS.md 2 and 3): a stream's rows, or a region of them, held to given latents
-  at every sigma of a window (re-harmonise pins the moved layers, decomposition pins
-  BLENDED to the inverted latents).
+  at every sigma of a window: re-harmonise pins the moved layers' regions of its one sampled
+  row, decomposition pins BLENDED to the inverted latents. One mechanism for both.
 """
 
 from __future__ import annotations
@@ -45,22 +45,47 @@ class LatentPaste:
             x.index_copy_(0, rows, torch.lerp(x.index_select(0, rows), blended, m))
 
 
+LatentMap = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _same(z: torch.Tensor) -> torch.Tensor:
+    return z
+
+
 @dataclass(frozen=True)
 class Pin:
-    """``stream`` held to ``target(sigma)`` [N, C, h, w] where ``mask`` [N or 1, 1, h, w] is
-    1 (everywhere without a mask), for every evaluation at sigma >= ``until_sigma``."""
+    """``stream``'s rows (every row when None) held to ``target(sigma)`` [N, C, h, w] where
+    ``mask`` [N or 1, 1, h, w] is 1 (everywhere without a mask; in between, a blend), for every
+    evaluation at sigma > ``until_sigma``; a pin with ``until_sigma`` <= 0 holds through the
+    end, the final latent included. Targets are in the latent space the sampler returns (a
+    LATENT's); ``to_model`` maps them into the sampler's own when applied during sampling."""
 
-    stream: Stream
+    stream: Stream | None
     target: Callable[[float], torch.Tensor]
     mask: torch.Tensor | None = None
     until_sigma: float = 0.0
 
-    def apply(self, x: torch.Tensor, sigma: float, stream_set: StreamSet) -> None:
-        if sigma < self.until_sigma:
+    def holds(self, sigma: float) -> bool:
+        return sigma > self.until_sigma or self.until_sigma <= 0.0
+
+    def apply(
+        self,
+        x: torch.Tensor,
+        sigma: float,
+        stream_set: StreamSet | None = None,
+        to_model: LatentMap = _same,
+    ) -> None:
+        """Set the pinned rows of ``x`` [rows, C, h, w] in place (image-major rows of
+        ``stream_set``'s streams; for a pin of every row, ``x`` holds one row per image)."""
+        if not self.holds(sigma):
             return
-        layout = CallLayout.for_call(stream_set, [0], x.shape[0])
-        rows = layout.index_tensor(self.stream, x.device)
-        target = self.target(sigma).to(device=x.device, dtype=x.dtype)
+        if self.stream is None:
+            rows = torch.arange(x.shape[0], device=x.device)
+        else:
+            if stream_set is None:
+                raise ValueError(f"Pin of {self.stream}: the run's stream set is needed to find its rows")
+            rows = CallLayout.for_call(stream_set, [0], x.shape[0]).index_tensor(self.stream, x.device)
+        target = to_model(self.target(sigma)).to(device=x.device, dtype=x.dtype)
         if self.mask is not None:
             target = torch.lerp(x.index_select(0, rows), target, self.mask.to(device=x.device, dtype=x.dtype))
         x.index_copy_(0, rows, target)
@@ -68,18 +93,32 @@ class Pin:
 
 class LatentEdits:
     """What a run sets in its latent at each evaluation: the paste while sigma is above
-    ``paste_sigma`` (a window ending at percent 0 pastes nothing), then every pin."""
+    ``paste_sigma`` (a window ending at percent 0 pastes nothing), then every pin in order
+    (so pins of layers back to front composite them), mapped into the sampler's latent space
+    by ``to_model``."""
 
     def __init__(
-        self, stream_set: StreamSet, paste: LatentPaste | None, paste_sigma: float, pins: tuple[Pin, ...]
+        self,
+        stream_set: StreamSet | None,
+        paste: LatentPaste | None,
+        paste_sigma: float,
+        pins: tuple[Pin, ...],
+        to_model: LatentMap = _same,
     ) -> None:
         self.stream_set = stream_set
         self.paste = paste
         self.paste_sigma = paste_sigma
         self.pins = pins
+        self.to_model = to_model
 
     def apply(self, x: torch.Tensor, sigma: float) -> None:
         if self.paste is not None and sigma > self.paste_sigma:
             self.paste.apply(x)
         for pin in self.pins:
-            pin.apply(x, sigma, self.stream_set)
+            pin.apply(x, sigma, self.stream_set, self.to_model)
+
+    def finish(self, samples: torch.Tensor) -> None:
+        """The pins that hold through the end, on the final latent (in the LATENT's space)."""
+        for pin in self.pins:
+            if pin.until_sigma <= 0:
+                pin.apply(samples, 0.0, self.stream_set)

@@ -180,8 +180,11 @@ def test_a_pinned_stream_follows_its_targets_at_every_evaluation_and_ends_on_the
     evaluated = [s for s in targets if s > 0]
     assert len(evaluated) == steps
     for (x, _), sigma in zip(main, sorted(evaluated, reverse=True), strict=True):
-        # The UNet sees the pinned latent at that sigma (scaled as ComfyUI scales every row).
-        expected = sampling.calculate_input(torch.tensor([sigma]), targets[sigma])
+        # The UNet sees the pinned latent at that sigma: targets are in the LATENT's space, taken
+        # into the sampler's and scaled as ComfyUI scales every row.
+        expected = sampling.calculate_input(
+            torch.tensor([sigma]), tiny_sdxl.model.process_latent_in(targets[sigma])
+        )
         torch.testing.assert_close(rows_of(x, BL, stream_set), expected, atol=1e-5, rtol=1e-5)
     assert torch.equal(result.latents[BL], final)
     assert not torch.equal(result.latents[BG], final)

@@ -40,6 +40,7 @@ EXPECTED = {
     "layerfusion_options_and_masks",
     "layerfusion_alpha_vs_generative",
     "layerfusion_multi_layer",
+    "layerfusion_move_and_reharmonize",
 }
 SAMPLERS = ("LayerFusionTripletSampler", "LayerFusionLayersSampler")
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
@@ -410,3 +411,48 @@ def test_multi_layer_workflow_runs_end_to_end_with_the_tiny_model(
     ]
     with Image.open(out / layers[1]) as cat:
         assert np.array_equal(np.asarray(psd[2].topil()), np.asarray(cat))
+
+
+def test_move_and_reharmonize_workflow_runs_end_to_end_with_the_tiny_model(
+    comfy_host: ComfyHost, info, layer_model_dir, stand_ins
+) -> None:
+    """Two layers generated and saved, the cat moved and mirrored, BLENDED re-harmonised, the
+    moved layers saved with their effects layer."""
+    path = WORKFLOWS / "layerfusion_move_and_reharmonize.json"
+    prompt, workflow = tiny_prompt(info, path, "e2e/move")
+    for node_id in node_id_of(prompt, "LayerFusionLayerPrompt"):
+        inputs = prompt[node_id]["inputs"]
+        for key in ("x", "y", "width", "height"):  # the box follows the image to the test's size
+            inputs[key] = inputs[key] * E2E_SIZE // METHOD_SIZE[0]
+    (reharmonize_id,) = node_id_of(prompt, "LayerFusionReharmonize")
+    move = prompt[reharmonize_id]["inputs"]
+    assert (move["fg1_dx"], move["fg1_flip_h"], move["preset"]) == (-384, True, "default")
+    move["fg1_dx"] = move["fg1_dx"] * E2E_SIZE // METHOD_SIZE[0]
+    saves = node_id_of(prompt, "LayerFusionSaveLayers")
+    for node_id, prefix in zip(saves, ("e2e/move_layers", "e2e/move_moved"), strict=True):
+        prompt[node_id]["inputs"]["filename_prefix"] = prefix
+    history = run_prompt(prompt, workflow)
+
+    out = Path(comfy_host.folder_paths.get_output_directory()) / "e2e"
+    first, moved = ([f["filename"] for f in history["outputs"][node_id]["images"]] for node_id in saves)
+    assert first == [f"move_layers_00001_{n}.png" for n in ("fg0_armchair", "fg1_cat", "bg", "blended")]
+    assert moved == [
+        f"move_moved_00001_{n}.png" for n in ("fg0_armchair", "fg1_cat", "bg", "blended", "effects")
+    ]
+    with (
+        Image.open(out / "move_layers_00001_fg1_cat.png") as before,
+        Image.open(out / "move_moved_00001_fg1_cat.png") as after,
+    ):
+        assert after.mode == "RGBA" and after.size == (E2E_SIZE, E2E_SIZE)
+        assert not np.array_equal(np.asarray(before), np.asarray(after))
+    with (
+        Image.open(out / "move_layers_00001_bg.png") as before,
+        Image.open(out / "move_moved_00001_bg.png") as after,
+    ):
+        assert np.array_equal(np.asarray(before), np.asarray(after))  # BG unchanged
+    with Image.open(out / "move_moved_00001_effects.png") as effects:
+        assert effects.mode == "RGBA"
+    if prompt[saves[1]]["inputs"]["save_psd"]:
+        psd_tools = pytest.importorskip("psd_tools")
+        psd = psd_tools.PSDImage.open(out / "move_moved_00001_layers.psd")
+        assert [layer.name for layer in psd] == ["background", "effects", "armchair", "cat", "blended"]
