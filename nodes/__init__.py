@@ -11,6 +11,7 @@ register_model_folders()  # before any schema builds its file lists
 
 from .composite import LayerFusionAlphaComposite  # noqa: E402
 from .decoder import LayerFusionTransparentDecode, LayerFusionTransparentDecoderLoader  # noqa: E402
+from .decompose import LayerFusionDecompose  # noqa: E402
 from .encode import LayerFusionTextEncode  # noqa: E402
 from .foreground import LayerFusionForegroundLoader  # noqa: E402
 from .layer_decode import LayerFusionDecodeLayers  # noqa: E402
@@ -35,6 +36,7 @@ NODES: list[type[io.ComfyNode]] = [
     LayerFusionLayersSampler,
     LayerFusionDecodeLayers,
     LayerFusionReharmonize,
+    LayerFusionDecompose,
 ]
 
 

@@ -11,7 +11,7 @@ from ..models.fg_weights import ForegroundWeights
 from ..models.transparent_vae import pixel_size
 from ..options import BlendMode, LayerFusionOptions
 from .conditioning import concat_conditionings
-from .sampling import sample_layers
+from .sampling import LayersResult, sample_layers
 
 
 def layered_plan(
@@ -62,18 +62,25 @@ def sample_layered(
 ) -> LayerBundle:
     """Sample the chain's layers, BG and BLENDED for every image of ``latent``."""
     plan = layered_plan(chain, bg, blended, negative, latent, options)
-    result = sample_layers(model, weights, plan, settings)
+    return layer_bundle(chain, plan, sample_layers(model, weights, plan, settings), settings)
+
+
+def layer_bundle(
+    chain: LayerChain, plan: RunPlan, result: LayersResult, settings: SamplerSettings
+) -> LayerBundle:
+    """The bundle of a layered run of ``chain`` (a text run or a decomposition)."""
     latents = {str(stream): z for stream, z in result.latents.items()}
     if BLENDED_KEY not in latents:  # alpha mode: BLENDED is not sampled and repeats BG
         latents[BLENDED_KEY] = latents[BG_KEY].clone()
     order = tuple(str(s) for s in plan.stream_set.fg_streams)
+    options = plan.options
     return LayerBundle(
         order=order,
         names={key: layer.name for key, layer in zip(order, chain.layers, strict=True)},
         latents=latents,
         masks={str(s): masks for s, masks in result.masks.items()},
         prompts={str(s): p for s, p in plan.prompts.items()},
-        negative=negative,
+        negative=plan.negative,
         boxes={key: layer.box for key, layer in zip(order, chain.layers, strict=True)},
         settings=settings,
         options=options,

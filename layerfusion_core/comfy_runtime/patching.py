@@ -260,11 +260,12 @@ def patch_model(
     regions: Mapping[Stream, torch.Tensor] | None = None,
     edits: LatentEdits | None = None,
     empty_contexts: Mapping[Stream, torch.Tensor] | None = None,
+    decompose: bool = False,
 ):
     """A clone of ``model`` with LayerFusion registered, and its patch object."""
     empty_contexts = dict(empty_contexts or {})
     controller = LayerFusionController(
-        options, unet, stream_set, eos_index, regions, frozenset(empty_contexts)
+        options, unet, stream_set, eos_index, regions, frozenset(empty_contexts), decompose
     )
     sampling = model.get_model_object("model_sampling")
     blend = options.blend

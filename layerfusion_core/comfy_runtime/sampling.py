@@ -159,15 +159,18 @@ def sample_layers(
         model, weights, options, unet, stream_set, fg_only_conditioning(plan.prompts, stream_set, num_images), eos,
         prior_latent=latent_image.repeat_interleave(foregrounds, dim=0), prior_mask=prior_mask,
         regions=plan.regions, edits=_latent_edits(model, plan, latent_image.shape[-2:]),
-        empty_contexts=plan.empty_contexts,
+        empty_contexts=plan.empty_contexts, decompose=plan.decompose,
     )  # fmt: skip
 
     seeds = stream_seeds(stream_set, settings.seed, options.layout.per_layer_noise)
-    if plan.noise.share_initial_noise:
+    stacked_latent = latent_image.repeat_interleave(per_image, dim=0)
+    if plan.start is not None:  # every stream starts from the given state itself
+        stacked_latent = plan.start.to(latent_image).repeat_interleave(per_image, dim=0)
+        noise = torch.zeros_like(stacked_latent)
+    elif plan.noise.share_initial_noise:
         noise = initial_noise(latent_image, seeds, plan.latent.get("batch_index"))
     else:
-        noise = comfy.sample.prepare_noise(latent_image.repeat_interleave(per_image, dim=0), settings.seed)
-    stacked_latent = latent_image.repeat_interleave(per_image, dim=0)
+        noise = comfy.sample.prepare_noise(stacked_latent, settings.seed)
     if per_image_mask:
         noise_mask = noise_mask.repeat_interleave(per_image, dim=0)
 

@@ -12,7 +12,7 @@ from enum import Enum
 import torch
 
 from ..options import BlockKey, LayerFusionOptions, PriorTiming, SharingMode
-from .blend import AttentionFn, blend_layers, shared_attention, union_mask
+from .blend import AttentionFn, blend_into_layers, blend_layers, shared_attention, union_mask
 from .mask_source import PriorMasks
 from .priors import content_prior, minmax, sparsity_score
 from .recorder import PriorRecorder
@@ -63,6 +63,7 @@ class AttentionPolicy:
         masks: PriorMasks,
         eos_index: Mapping[Stream, torch.Tensor] | None,
         couple_regions: Mapping[Stream, torch.Tensor] | None = None,
+        blends_into_blended: bool = True,
     ) -> None:
         self.options = options
         self.stream_set = stream_set
@@ -75,6 +76,10 @@ class AttentionPolicy:
         self.eos_index = eos_index  # [N] global EOS index of each image's prompt, per FG stream
         # FG streams drawn inside their region early in the run: region [H, W] at image size
         self.couple_regions = dict(couple_regions or {})
+        # Eq. 1 (the layers into BLENDED); off in a decomposition, where BLENDED is pinned
+        self.blends_into_blended = blends_into_blended
+        # A decomposition's given masks exclude BLENDED's keys from BG's attention outright
+        self.sharing_epsilon = options.blend.sharing_epsilon if blends_into_blended else 0.0
         self._couple_gates: dict[tuple, torch.Tensor] = {}
 
     # -- what runs where ----------------------------------------------------------------
@@ -200,17 +205,21 @@ class AttentionPolicy:
         parts = split(out, layout)
         softs = [self._per_row(masks[s][0], layout, s) for s in fgs]
         hards = [self._per_row(masks[s][1], layout, s) for s in fgs]
-        new_fgs, parts[self.blended] = blend_layers(
-            [parts[s] for s in fgs], parts[self.blended], softs, hards
-        )
+        if self.blends_into_blended:
+            new_fgs, parts[self.blended] = blend_layers(
+                [parts[s] for s in fgs], parts[self.blended], softs, hards
+            )
+        else:  # decomposition: BLENDED is the image, read-only; only Eq. 2 into the layers
+            new_fgs = blend_into_layers([parts[s] for s in fgs], parts[self.blended], hards)
         parts.update(zip(fgs, new_fgs, strict=True))
         return merge(parts, layout)
 
     @staticmethod
     def _per_row(mask: torch.Tensor, layout: CallLayout, stream: Stream) -> torch.Tensor:
         """Per-image mask [N, T] -> one row per (chunk, image) of ``stream``: the cond
-        masks serve the uncond rows too."""
-        return mask.index_select(0, layout.image_tensor(stream, mask.device))
+        masks serve the uncond rows too; a mask [1, T] serves every image."""
+        images = layout.image_tensor(stream, mask.device)
+        return mask.index_select(0, images if mask.shape[0] > 1 else torch.zeros_like(images))
 
     def _shared_self_attention(
         self,
@@ -226,6 +235,6 @@ class AttentionPolicy:
         hard_rows = None if hard is None else self._per_row(hard, layout, bg)
         out[blended], out[bg] = shared_attention(
             qs[blended], ks[blended], vs[blended], qs[bg], ks[bg], vs[bg], call.heads, self.scope.sharing,
-            hard_rows, self.options.blend.sharing_epsilon, call.attention,
+            hard_rows, self.sharing_epsilon, call.attention,
         )  # fmt: skip
         return merge(out, layout)

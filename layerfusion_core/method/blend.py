@@ -64,6 +64,16 @@ def blend_layers(
     return [torch.lerp(a_fg, a_blend_new, h) for a_fg, h in zip(a_fgs, hard_vis, strict=True)], a_blend_new
 
 
+def blend_into_layers(
+    a_fgs: list[torch.Tensor], a_blend: torch.Tensor, hards: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Eq. 2 alone, for a decomposition (LAYERS.md 3.3): A_fg_k' = h_k A_blend + (1 - h_k) A_fg_k
+    with h_k the hard visibilities; BLENDED, the image being decomposed, is left as it is."""
+    dtype = a_blend.dtype
+    hard_vis = [h.to(dtype).unsqueeze(-1) for h in visibilities(hards)]
+    return [torch.lerp(a_fg, a_blend, h) for a_fg, h in zip(a_fgs, hard_vis, strict=True)]
+
+
 def union_mask(masks: list[torch.Tensor]) -> torch.Tensor:
     """1 - prod_k (1 - m_k): where any layer's object is (K = 1: the mask itself)."""
     if len(masks) == 1:
@@ -87,10 +97,14 @@ def sdpa_attention(
     return out.transpose(1, 2).reshape(b, tq, c)
 
 
+EXCLUDED_KEY_BIAS = -1e4  # exp() of it is 0 in every float type; finite, so fp16 kernels take it
+
+
 def suppression_bias(hard: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """[P, T] hard mask -> [P, T] additive key bias log(1 - M_hard + eps) (~log eps inside the object)."""
+    """[P, T] hard mask -> [P, T] additive key bias log(1 - M_hard + eps) (~log eps inside the
+    object). With eps 0 a key where the mask is exactly 1 is excluded (``EXCLUDED_KEY_BIAS``)."""
     # float64: in float32, 1 - 1 + 1e-6 loses most of eps to rounding.
-    return torch.log(1.0 - hard.double() + epsilon).float()
+    return torch.log(1.0 - hard.double() + epsilon).clamp_min(EXCLUDED_KEY_BIAS).float()
 
 
 def shared_attention(

@@ -21,7 +21,7 @@ from ..options import (
     parse_layer_spec,
 )
 from .attention_policy import AttentionCall, AttentionPolicy, Phase, Scope
-from .mask_source import PriorMasks, RegionGatedMasks, StreamMasks
+from .mask_source import GivenRegionMasks, PriorMasks, RegionGatedMasks, StreamMasks
 from .recorder import PriorRecorder
 from .streams import Stream, StreamSet
 
@@ -39,11 +39,14 @@ class LayerFusionController:
         eos_index: Mapping[Stream, torch.Tensor] | None,
         regions: Mapping[Stream, torch.Tensor] | None = None,
         coupled: frozenset[Stream] = frozenset(),
+        decompose: bool = False,
     ) -> None:
         """``eos_index``: per FG stream, the [N] global EOS index of each image's prompt
         (None: the content prior averages over the prompt's tokens). ``regions``: per FG
-        stream with a layout, its region [H, W] at image size; its masks are gated by it.
-        ``coupled``: the streams with a region whose cross-attention is coupled early."""
+        stream with a layout, its region [H, W] at image size; its masks are gated by it (in
+        a decomposition, its masks are the region itself). ``coupled``: the streams with a
+        region whose cross-attention is coupled early. ``decompose``: BLENDED is the image
+        being decomposed (pinned): nothing blends into it (LAYERS.md 3.3)."""
         self.options = options
         self.unet = unet
         self.stream_set = stream_set
@@ -52,10 +55,13 @@ class LayerFusionController:
         self.prior_masks = PriorMasks(
             options, self.recorder, self.scope.structure_block, stream_set.fg_streams
         )
-        self.masks = RegionGatedMasks(self.prior_masks, dict(regions)) if regions else self.prior_masks
+        self.masks = self.prior_masks
+        if regions:
+            masks_from = GivenRegionMasks if decompose else RegionGatedMasks
+            self.masks = masks_from(self.prior_masks, dict(regions))
         couple = {s: r for s, r in (regions or {}).items() if s in coupled}
         self.policy = AttentionPolicy(
-            options, stream_set, self.scope, self.recorder, self.masks, eos_index, couple
+            options, stream_set, self.scope, self.recorder, self.masks, eos_index, couple, not decompose
         )
 
     # -- the run's shape ------------------------------------------------------------------

@@ -168,3 +168,57 @@ class RegionGatedMasks:
     def final_masks(self) -> tuple[StreamMasks, tuple[int, int]] | None:
         final = self.source.final_masks()
         return None if final is None else (self._gate(final[0], final[1]), final[1])
+
+
+class GivenRegionMasks:
+    """Decomposition (LAYERS.md 3.3): an FG stream with a region (a box or MASK) takes that
+    region itself as its soft and hard mask, area-resampled to each grid without feathering
+    (cells inside are exactly 1, cells outside exactly 0); the other FG streams take
+    ``source``'s masks (none blend until the source has them)."""
+
+    def __init__(self, source: PriorMasks, regions: dict[Stream, torch.Tensor]) -> None:
+        self.source = source
+        self.regions = regions
+        self._at_grid: dict[tuple[Stream, tuple[int, int]], torch.Tensor] = {}
+
+    def reset(self) -> None:
+        self.source.reset()
+
+    def begin_evaluation(self) -> None:
+        self.source.begin_evaluation()
+
+    def observe_vote(self) -> None:
+        self.source.observe_vote()
+
+    def _given(self, stream: Stream, grid: tuple[int, int], like: torch.Tensor | None) -> torch.Tensor:
+        key = (stream, tuple(grid))
+        mask = self._at_grid.get(key)
+        if mask is None:
+            mask = self._at_grid[key] = region_at_grid(self.regions[stream], grid, feather=False)
+        return mask if like is None else mask.to(like.device)
+
+    def _masks(self, found: StreamMasks | None, grid: tuple[int, int]) -> StreamMasks:
+        """Given regions as [N, T] (N of ``found``; [1, T] while the source has nothing)."""
+        like = next(iter(found.values()))[0] if found else None
+        images = 1 if like is None else like.shape[0]
+        out = {}
+        for stream in self.source.fg_streams:
+            if stream in self.regions:
+                mask = self._given(stream, grid, like)[None].expand(images, -1)
+                out[stream] = (mask, mask)
+            elif found is not None:
+                out[stream] = found[stream]
+        return out
+
+    def masks_for(self, block: BlockKey, grid: tuple[int, int]) -> StreamMasks | None:
+        found = self.source.masks_for(block, grid)
+        if found is None and len(self.regions) < len(self.source.fg_streams):
+            return None  # a layer without a region still waits for its priors
+        return self._masks(found, grid)
+
+    def final_masks(self) -> tuple[StreamMasks, tuple[int, int]] | None:
+        final = self.source.final_masks()
+        if final is None:
+            return None
+        masks, grid = final
+        return self._masks(masks, grid), grid

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 
 
-def region_at_grid(region: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """[H, W] region -> [h * w] at ``grid`` (area resampling), feathered over one cell of that
-    grid (a 3x3 mean), in 0..1. Zero farther than one cell outside the region."""
+def region_at_grid(region: torch.Tensor, grid: tuple[int, int], feather: bool = True) -> torch.Tensor:
+    """[H, W] region -> [h * w] at ``grid`` (area resampling), in 0..1; ``feather``: over one
+    cell of that grid (a 3x3 mean), so zero only farther than one cell outside the region."""
     h, w = grid
     small = F.interpolate(region.float()[None, None], size=(h, w), mode="area")
-    feathered = F.avg_pool2d(small, 3, stride=1, padding=1, count_include_pad=False)
-    return feathered.reshape(h * w).clamp(0, 1)
+    if feather:
+        small = F.avg_pool2d(small, 3, stride=1, padding=1, count_include_pad=False)
+    return small.reshape(h * w).clamp(0, 1)

@@ -55,6 +55,12 @@ class RunPlan:
     outside the region early in the run (the attention couple; options.layout)."""
     pins: tuple[Pin, ...] = ()
     """Streams (or regions of them) held to given latents (latent_pins.py)."""
+    start: torch.Tensor | None = None
+    """[N, C, h, w] in the LATENT's space: the state every stream starts from at the schedule's
+    first sigma (an inverted image's z_T); None: the latent plus the seed's noise."""
+    decompose: bool = False
+    """BLENDED is an image being decomposed (pinned): nothing blends into it, and a layer's box
+    or mask is its mask rather than a gate on its priors (LAYERS.md 3.3)."""
 
     def __post_init__(self) -> None:
         missing = [self.stream_set.name(s) for s in self.stream_set.streams if self.prompts.get(s) is None]
@@ -72,6 +78,11 @@ class RunPlan:
         if not isinstance(self.latent, dict) or "samples" not in self.latent:
             raise TypeError(
                 f"latent_image: expected a LATENT (a dict with 'samples'), got {type(self.latent).__name__}"
+            )
+        if self.start is not None and self.start.shape != self.latent["samples"].shape:
+            raise ValueError(
+                f"start: expected the latent's shape {list(self.latent['samples'].shape)}, got "
+                f"{list(self.start.shape)}"
             )
 
     @classmethod

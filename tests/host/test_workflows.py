@@ -41,8 +41,9 @@ EXPECTED = {
     "layerfusion_alpha_vs_generative",
     "layerfusion_multi_layer",
     "layerfusion_move_and_reharmonize",
+    "layerfusion_image_to_layers",
 }
-SAMPLERS = ("LayerFusionTripletSampler", "LayerFusionLayersSampler")
+SAMPLERS = ("LayerFusionTripletSampler", "LayerFusionLayersSampler", "LayerFusionDecompose")
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 # Model-file combos: their options are the files present, which are absent here, so the
 # value is checked by name against the files the README tells users to download.
@@ -52,6 +53,7 @@ METHOD_DEFAULTS = {"steps": 25, "cfg": 7.0, "sampler_name": "dpmpp_2m", "schedul
 METHOD_SIZE = (1024, 1024)
 E2E_SIZE = 128
 E2E_STEPS = 2
+E2E_IMAGE = "layerfusion_e2e.png"  # written into ComfyUI's input folder by the input_image fixture
 
 
 def workflow_paths() -> list[Path]:
@@ -148,6 +150,9 @@ def check_widget_value(class_type: str, name: str, value: Any, spec_type: Any, o
     if name in MODEL_FILE_INPUTS:  # by name only: see test_model_files_are_the_readme_downloads
         assert isinstance(value, str) and value.endswith(".safetensors"), where
         return
+    if (class_type, name) == ("LoadImage", "image"):  # the user's picture; ComfyUI ships example.png
+        assert value == "example.png", where
+        return
     if isinstance(spec_type, list) or spec_type == "COMBO":
         choices = spec_type if isinstance(spec_type, list) else options.get("options", [])
         assert value in choices, f"{where}: not one of {choices}"
@@ -212,6 +217,9 @@ def test_defaults_follow_method_md(info, path: Path) -> None:
     values = widget_values(info, sampler)
     assert {k: values[k] for k in METHOD_DEFAULTS} == METHOD_DEFAULTS
     assert values["denoise"] == 1.0
+    if sampler["type"] == "LayerFusionDecompose":  # its size is the loaded image's
+        assert any(n["type"] == "LoadImage" for n in workflow["nodes"])
+        return
     latent_link = next(s["link"] for s in sampler["inputs"] if s["name"] == "latent_image")
     latent = nodes[next(link[1] for link in workflow["links"] if link[0] == latent_link)]
     assert latent["type"] == "EmptyLatentImage"
@@ -279,12 +287,30 @@ def stand_ins(comfy_host: ComfyHost) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="module")
+def input_image(comfy_host: ComfyHost) -> Path:
+    """An E2E_SIZE x E2E_SIZE RGB picture in ComfyUI's input folder, for Load Image."""
+    path = Path(comfy_host.folder_paths.get_input_directory()) / E2E_IMAGE
+    pixels = np.zeros((E2E_SIZE, E2E_SIZE, 3), dtype=np.uint8)
+    pixels[..., 2] = 200  # a blue picture with an orange disc in it
+    yy, xx = np.mgrid[:E2E_SIZE, :E2E_SIZE]
+    pixels[(yy - 64) ** 2 + (xx - 56) ** 2 < 30**2] = (240, 140, 20)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
 def tiny_prompt(info, path: Path, prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(API prompt, UI workflow): converted as the headless runner converts, at 128x128 with 2
     steps, the model loaders swapped for the tiny stand-ins, saving under ``prefix``."""
     workflow = load(path)
     prompt = api_format.ui_to_api(workflow, info)
-    overrides.apply_overrides(prompt, {"width": E2E_SIZE, "height": E2E_SIZE, "steps": E2E_STEPS})
+    size = {"width": E2E_SIZE, "height": E2E_SIZE}
+    if not any(n["class_type"] == "EmptyLatentImage" for n in prompt.values()):
+        size = {}  # an image workflow: its size is the loaded image's (E2E_IMAGE)
+    overrides.apply_overrides(prompt, {**size, "steps": E2E_STEPS})
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = E2E_IMAGE
     swapped = substitute(prompt)
     assert len(swapped) == 2, swapped
     for node in prompt.values():
@@ -306,7 +332,9 @@ def validate(prompt: dict[str, Any]) -> list[str]:
 
 
 @PARAMS
-def test_comfyui_accepts_the_converted_prompt(info, layer_model_dir, stand_ins, path: Path) -> None:
+def test_comfyui_accepts_the_converted_prompt(
+    info, layer_model_dir, stand_ins, input_image, path: Path
+) -> None:
     prompt, _ = tiny_prompt(info, path, "validate")
     outputs = validate(prompt)
     save_ids = [nid for nid, n in prompt.items() if n["class_type"] == "LayerFusionSaveLayers"]
@@ -456,3 +484,22 @@ def test_move_and_reharmonize_workflow_runs_end_to_end_with_the_tiny_model(
         psd_tools = pytest.importorskip("psd_tools")
         psd = psd_tools.PSDImage.open(out / "move_moved_00001_layers.psd")
         assert [layer.name for layer in psd] == ["background", "effects", "armchair", "cat", "blended"]
+
+
+def test_image_to_layers_workflow_runs_end_to_end_with_the_tiny_model(
+    comfy_host: ComfyHost, info, layer_model_dir, stand_ins, input_image
+) -> None:
+    """Load Image, Decompose, Decode Layers, Save Layers: the layer as RGBA, BG, and BLENDED the
+    picture's reconstruction."""
+    prompt, workflow = tiny_prompt(info, WORKFLOWS / "layerfusion_image_to_layers.json", "e2e/image")
+    (decompose_id,) = node_id_of(prompt, "LayerFusionDecompose")
+    assert prompt[decompose_id]["inputs"]["steps"] == E2E_STEPS
+    history = run_prompt(prompt, workflow)
+    out = Path(comfy_host.folder_paths.get_output_directory()) / "e2e"
+    (save_id,) = node_id_of(prompt, "LayerFusionSaveLayers")
+    shown = [f["filename"] for f in history["outputs"][save_id]["images"]]
+    assert shown == [f"image_00001_{n}.png" for n in ("fg0_girl", "bg", "blended")]
+    with Image.open(out / "image_00001_fg0_girl.png") as layer:
+        assert layer.mode == "RGBA" and layer.size == (E2E_SIZE, E2E_SIZE)
+    with Image.open(out / "image_00001_bg.png") as bg:
+        assert bg.mode == "RGB" and bg.size == (E2E_SIZE, E2E_SIZE)

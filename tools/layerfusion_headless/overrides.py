@@ -17,9 +17,18 @@ OVERRIDE_TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
     "fg": (("LayerFusionTextEncode",), "fg_text"),
     "bg": (("LayerFusionTextEncode",), "bg_text"),
     "blended": (("LayerFusionTextEncode",), "blended_text"),
-    "seed": (("LayerFusionTripletSampler", "LayerFusionLayersSampler", "KSampler"), "seed"),
+    "seed": (
+        ("LayerFusionTripletSampler", "LayerFusionLayersSampler", "LayerFusionDecompose", "KSampler"),
+        "seed",
+    ),
     "steps": (
-        ("LayerFusionTripletSampler", "LayerFusionLayersSampler", "KSampler", "KSamplerAdvanced"),
+        (
+            "LayerFusionTripletSampler",
+            "LayerFusionLayersSampler",
+            "LayerFusionDecompose",
+            "KSampler",
+            "KSamplerAdvanced",
+        ),
         "steps",
     ),
     "width": (("EmptyLatentImage",), "width"),
