@@ -92,10 +92,10 @@ class Pin:
 
 
 class LatentEdits:
-    """What a run sets in its latent at each evaluation: the paste while sigma is above
-    ``paste_sigma`` (a window ending at percent 0 pastes nothing), then every pin in order
-    (so pins of layers back to front composite them), mapped into the sampler's latent space
-    by ``to_model``."""
+    """What a run sets in its latent at each evaluation: every pin in order (so pins of layers
+    back to front composite them), mapped into the sampler's latent space by ``to_model``;
+    then the paste while sigma is above ``paste_sigma`` (a window ending at percent 0 pastes
+    nothing)."""
 
     def __init__(
         self,
@@ -112,10 +112,10 @@ class LatentEdits:
         self.to_model = to_model
 
     def apply(self, x: torch.Tensor, sigma: float) -> None:
-        if self.paste is not None and sigma > self.paste_sigma:
-            self.paste.apply(x)
         for pin in self.pins:
             pin.apply(x, sigma, self.stream_set, self.to_model)
+        if self.paste is not None and sigma > self.paste_sigma:
+            self.paste.apply(x)  # after the pins: a pinned BLENDED is pasted as pinned
 
     def finish(self, samples: torch.Tensor) -> None:
         """The pins that hold through the end, on the final latent (in the LATENT's space)."""

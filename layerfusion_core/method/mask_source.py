@@ -3,9 +3,9 @@
 ``PriorMasks`` builds them from the recorded priors (METHOD.md): per FG stream, soft =
 minmax(s' * c) and hard = sigmoid(k (soft - tau)), with s' oriented by the orientation vote.
 ``RegionGatedMasks`` multiplies another source's masks by each layer's region (a box or
-MASK, feathered over one cell of each grid), so a layer's object stays inside its layout. A
-source of given masks (alphas after a move, a user MASK) plugs in beside them with the same
-``masks_for`` / ``final_masks``.
+MASK, feathered over one cell of each grid), so a layer's object stays inside its layout.
+``GivenRegionMasks`` (a decomposition) takes a layer's region itself as its masks, with the
+same ``masks_for`` / ``final_masks``.
 """
 
 from __future__ import annotations

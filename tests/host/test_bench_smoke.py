@@ -1,5 +1,5 @@
-"""The triplet benchmark's --tiny mode runs end to end and ends with the ratios line, with the
-four triplet variants and with --layers."""
+"""The benchmarks' --tiny modes run end to end and end with their ratios lines: the triplet's
+four variants, its --layers rows, and the edits' (re-harmonise, decompose)."""
 
 import os
 import re
@@ -52,3 +52,25 @@ def test_tiny_layers_benchmark_prints_one_row_per_k_and_the_memory_fit(comfy_hos
     if hasattr(os, "fork"):
         assert any(line.startswith("measured at 128 px:") for line in lines), "\n".join(lines)
         assert "largest K per card: not computed" in "\n".join(lines)
+
+
+EDIT_RATIOS = re.compile(rf"ratios: reharmonize {NUMBER} expected {NUMBER} decompose {NUMBER}")
+
+
+def test_tiny_edits_benchmark_prints_its_table_and_ratios_line(comfy_host):
+    env = {**os.environ, ENV_COMFYUI_PATH: str(comfy_host.root)}
+    done = subprocess.run(
+        [sys.executable, str(BENCH.with_name("bench_edits.py")), "--tiny", "--repeats", "1", "--steps", "2"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert EDIT_RATIOS.fullmatch(lines[-1]), lines[-1]
+    assert "expected 0.15" in lines[-1]  # (1 - 0.40) / (2 + 2)
+    table = "\n".join(lines)
+    for label in ("layered run", "re-harmonise (BLENDED only)", "decompose (inversion + run)"):
+        assert label in table

@@ -13,7 +13,7 @@ from support.tiny_stand_ins import tiny_vae
 
 from layerfusion_core.comfy_runtime import SamplerSettings
 from layerfusion_core.comfy_runtime.decomposing import decompose, encode_image
-from layerfusion_core.comfy_runtime.inversion import flipped, invert
+from layerfusion_core.comfy_runtime.inversion import invert
 from layerfusion_core.comfy_runtime.layered import sample_layered
 from layerfusion_core.comfy_runtime.row_sampling import sample_rows, schedule
 from layerfusion_core.layers.prompts import LayerChain, LayerPrompt
@@ -110,11 +110,6 @@ def test_with_an_exact_denoiser_inversion_follows_the_ode_and_the_replay_converg
             assert relative_error(to_model(state), exact) < EXACT_STATE_BOUND[steps], sigma
         assert errors[steps] < EXACT_REPLAY_BOUND[steps]
     assert errors[30] < 0.4 * errors[10]  # first order: a third of the error for three times the steps
-
-
-def test_flipped_schedules_start_just_above_zero():
-    sigmas = torch.tensor([14.6, 3.0, 0.5, 0.0])
-    assert flipped(sigmas).tolist() == pytest.approx([1e-4, 0.5, 3.0, 14.6])
 
 
 def probe_calls(model):
