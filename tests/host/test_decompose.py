@@ -227,3 +227,26 @@ def test_bad_inputs_are_refused_by_name(tiny_sdxl):
         SamplerSettings(7, 0, 5.0, "euler", "normal")
     with pytest.raises(ValueError, match=r"image: expected finite pixel values"):
         run(tiny_sdxl, picture=torch.full((1, 64, 64, 3), float("nan")))
+
+
+def test_a_batch_gives_one_decomposition_per_image(tiny_sdxl):
+    pictures = torch.cat((image(0), image(5)))
+    with torch.inference_mode():
+        encoded = encode_image(tiny_vae(), pictures)
+    bundle = run(tiny_sdxl, picture=pictures)
+    assert bundle.num_images == 2 and torch.equal(bundle.latents["blended"], encoded)
+    single = run(tiny_sdxl, picture=image(5))
+    # Image 1 of the batch is the image decomposed alone, up to float batching noise (which the
+    # random model amplifies: compared relative to the latent's magnitude).
+    alone = single.latents["fg0"]
+    assert (bundle.latents["fg0"][1:] - alone).abs().max() <= 1e-3 * alone.abs().max()
+
+
+def test_cancel_stops_the_inversion_and_the_run(comfy_host, tiny_sdxl):
+    mm = comfy_host.model_management
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run(tiny_sdxl)
+    finally:
+        mm.interrupt_current_processing(False)

@@ -239,3 +239,14 @@ def test_the_sampled_cost_is_one_row_from_p_start(decoded):
     sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", SETTINGS.steps).tolist()
     remaining = sum(1 for s in sigmas[:-1] if s <= float(sampling.percent_to_sigma(0.4)) * (1 + 1e-6))
     assert calls == [2] * remaining
+
+
+def test_cancel_stops_a_re_harmonise(comfy_host, decoded):
+    model, bundle = decoded
+    mm = comfy_host.model_management
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run(model, bundle, {"fg0": [Placement(8, 0, SIZE, SIZE)]})
+    finally:
+        mm.interrupt_current_processing(False)
