@@ -17,6 +17,7 @@ from .widgets import enum_combo, output, unit_float
 MOVE_WIDGET_LAYERS = 2  # fg0_* and fg1_* widgets; any layer through the LAYERS document
 MAX_OFFSET = 16384
 DEFAULTS = ReharmonizeOptions()
+LAYER_MOVE_FIELDS = tuple((f, getattr(LayerMove(), f)) for f in ("dx", "dy", "scale", "flip_h", "flip_v"))
 
 
 def move_inputs(index: int) -> list:
@@ -194,6 +195,3 @@ class LayerFusionReharmonize(io.ComfyNode):
             fg_batch(moved, images),
             layers_document(moved, document_image),
         )
-
-
-LAYER_MOVE_FIELDS = tuple((f, getattr(LayerMove(), f)) for f in ("dx", "dy", "scale", "flip_h", "flip_v"))

@@ -20,7 +20,7 @@ from ..models.fg_weights import ForegroundWeights
 from ..options import BlendMode, LayerFusionOptions
 from .inversion import invert
 from .layered import layer_bundle, layered_plan
-from .progress import StepObserver
+from .progress import StepObserver, check_state_visible
 from .row_sampling import schedule
 from .sampling import sample_layers
 
@@ -80,6 +80,7 @@ def decompose(
         raise ValueError(
             "blend_options: a decomposition needs the generative mode (its blended stream is the image)"
         )
+    check_state_visible(settings.sampler_name, "a decomposition (its blended stream is pinned)")
     if not settings.denoise > 0:
         raise ValueError(
             f"denoise: expected a denoise above 0 (the part of the schedule inverted), got {settings.denoise}"

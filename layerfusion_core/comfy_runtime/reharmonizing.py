@@ -21,7 +21,7 @@ from ..method.reharmonize import (
 )
 from ..options import ReharmonizeOptions
 from .layer_decoding import vae_decode
-from .progress import StepObserver
+from .progress import HIDDEN_STATE_SAMPLERS, StepObserver, check_state_visible
 from .row_sampling import sample_rows, schedule
 
 RGB = 3
@@ -35,11 +35,14 @@ def check_kept(bundle: LayerBundle, name: str = "bundle") -> None:
             f"{name}: expected a bundle with a blended prompt, got one from alpha blending mode (its blended "
             "image was not sampled); re-run the Layers Sampler in generative mode"
         )
+    sampler = getattr(bundle.settings, "sampler_name", "")
+    if sampler.removesuffix("_gpu") in HIDDEN_STATE_SAMPLERS:
+        check_state_visible(sampler, "a re-harmonise", f"{name} (its run's sampler_name)")
     missing = [key for key in (*bundle.order, BG_KEY) if key not in bundle.kept]
     if missing or not (bundle.kept_sigma or 0) > 0:
         raise ValueError(
             f"{name}: expected a bundle with kept latents (from LayerFusion Layers Sampler or Decompose, "
-            f"with Layout Options' keep_percent below 1), got one without"
+            f"with Layout Options' keep_percent below 1 and reached by a step of the run), got one without"
             + (f" ({', '.join(missing)} missing)" if bundle.kept and missing else "")
         )
 

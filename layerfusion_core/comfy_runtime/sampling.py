@@ -17,7 +17,13 @@ from ..models.fg_weights import ForegroundWeights
 from ..models.transparent_vae import pixel_size
 from .conditioning import check_negative, eos_per_stream, fg_only_conditioning, stack_conditionings
 from .patching import patch_model
-from .progress import LatentKeeper, StepObserver, progress_callback
+from .progress import (
+    HIDDEN_STATE_SAMPLERS,
+    LatentKeeper,
+    StepObserver,
+    check_state_visible,
+    progress_callback,
+)
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +203,16 @@ def sample_layers(
 
     keep_sigma = float(clone.get_model_object("model_sampling").percent_to_sigma(options.layout.keep_percent))
     keeper = LatentKeeper(clone, keep_sigma)
-    callback = progress_callback(clone, sigmas, (keeper, *observers))
+    if settings.sampler_name.removesuffix("_gpu") in HIDDEN_STATE_SAMPLERS:
+        log.warning(
+            "LayerFusion: %s steps on its own sigmas or keeps a scaled state: this run keeps no latents "
+            "(a re-harmonise of its bundle is refused)",
+            settings.sampler_name,
+        )
+        keeper = None
+    if plan.pins:
+        check_state_visible(settings.sampler_name, "pinning a stream")
+    callback = progress_callback(clone, sigmas, (*((keeper,) if keeper else ()), *observers))
     samples = comfy.sample.sample_custom(
         clone, noise, settings.cfg, sampler, sigmas, positive, plan.negative, stacked_latent,
         noise_mask=noise_mask, callback=callback, disable_pbar=True, seed=settings.seed,
@@ -211,7 +226,7 @@ def sample_layers(
         patch.controller.final_masks(), stream_set, num_images, latent_image.shape[-2:]
     )
     kept = None
-    if keeper.latent is not None:
+    if keeper is not None and keeper.latent is not None:
         kept_rows = keeper.latent.reshape(num_images, per_image, *samples.shape[1:])
         kept = KeptLatents({s: kept_rows[:, i] for i, s in enumerate(stream_set.streams)}, keeper.sigma)
     return LayersResult(latents, masks, kept)
@@ -220,8 +235,8 @@ def sample_layers(
 def _latent_edits(model, plan: RunPlan, latent_hw) -> LatentEdits | None:
     """The paste (FG layers with a region, while BLENDED is sampled) and the plan's pins."""
     paste = None
-    if plan.regions and plan.stream_set.blended:
-        paste = LatentPaste(plan.stream_set, plan.regions, latent_hw)
+    if plan.regions and plan.stream_set.blended and not plan.decompose:  # a decomposition's layers
+        paste = LatentPaste(plan.stream_set, plan.regions, latent_hw)  # share z_T: nothing to align
     if paste is None and not plan.pins:
         return None
     sampling = model.get_model_object("model_sampling")
@@ -259,7 +274,7 @@ def _masks_at_image_size(
     for stream, pair in masks.items():
         resized = []
         for mask in pair:
-            grid_mask = mask.float().reshape(mask.shape[0], 1, *grid)
+            grid_mask = mask.float().expand(num_images, -1).reshape(num_images, 1, *grid)
             resized.append(
                 F.interpolate(grid_mask, size=size, mode="bilinear", align_corners=False)[:, 0]
                 .clamp(0, 1)

@@ -1,7 +1,9 @@
 """How a re-harmonise is told where the layers go: per-layer moves (dx, dy, scale, flips, as
 the re-harmonise node's widgets give them) or a LAYERS document in ComfyUI core's format,
 whose items, matched by name, give each layer's x, y, w, h and flips (core's Add Layer and
-layer editor write them). Both become one ``Placement`` per layer and image."""
+layer editor write them). Both become one ``Placement`` per layer and image. Only an item's
+geometry is read: its z_index, visibility, opacity and blend mode do not change the bundle
+(the layer order is the chain's)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ OUR_ITEMS = frozenset({"bg", "blended", "effects", BG_KEY, BLENDED_KEY, EFFECTS_
 """Names of the non-FG items of our own LAYERS documents: skipped when matching layers."""
 
 RGB = 3
+MAX_SCALE = 8  # as the re-harmonise node's scale widgets
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,11 @@ def item_placement(item: dict[str, Any], canvas: tuple[int, int], name: str) -> 
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise ValueError(f"{name}: {key} must be a number of pixels, got {value!r}")
         position.append(int(value))  # as core's compositor reads it
+    for key, size, full in (("w", sizes[0], width), ("h", sizes[1], height)):
+        if size > MAX_SCALE * full:
+            raise ValueError(
+                f"{name}: {key} {item.get(key)!r} scales the layer beyond {MAX_SCALE}x the canvas"
+            )
     return Placement(
         position[0], position[1], sizes[0], sizes[1], bool(item.get("flip_h")), bool(item.get("flip_v"))
     )
@@ -102,7 +110,9 @@ def document_placements(document: Any, bundle: LayerBundle, name: str = "layers"
         if key in out:
             raise ValueError(f"{name}: layer {item_name!r} is placed by two items")
         out[key] = item_placement(item, canvas, f"{name}: item {item_name!r}")
-    return out
+    # An item where the layer already is moves nothing (Decode Layers' own document names every
+    # layer at the origin): it leaves the layer to the widgets.
+    return {key: p for key, p in out.items() if not p.is_identity(*canvas)}
 
 
 def bundle_placements(

@@ -57,11 +57,14 @@ class Placement:
         return self == Placement.identity(canvas_width, canvas_height)
 
 
+VISIBLE_ALPHA = 0.05  # a decoded layer's faint stray pixels are not its visible part
+
+
 def alpha_box(alpha: torch.Tensor) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1), end exclusive, of the pixels of ``alpha`` [H, W] above 0; None when
-    the layer is empty."""
-    ys = torch.nonzero(alpha.amax(dim=1) > 0).flatten()
-    xs = torch.nonzero(alpha.amax(dim=0) > 0).flatten()
+    """(x0, y0, x1, y1), end exclusive, of the pixels of ``alpha`` [H, W] above
+    ``VISIBLE_ALPHA``; None when the layer has none."""
+    ys = torch.nonzero(alpha.amax(dim=1) > VISIBLE_ALPHA).flatten()
+    xs = torch.nonzero(alpha.amax(dim=0) > VISIBLE_ALPHA).flatten()
     if ys.numel() == 0:
         return None
     return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
@@ -70,19 +73,22 @@ def alpha_box(alpha: torch.Tensor) -> tuple[int, int, int, int] | None:
 def placement_from_move(
     alpha: torch.Tensor, dx: int, dy: int, scale: float, flip_h: bool, flip_v: bool
 ) -> Placement:
-    """The placement of a layer whose visible part (``alpha`` [H, W] > 0; the whole canvas
-    when it is empty) is flipped and scaled about its own centre, then moved by (dx, dy)
-    pixels. A flip keeps the part in place to the nearest latent cell (so a flip alone is a
-    permutation of whole cells); a scaled position is rounded to whole pixels."""
+    """The placement of a layer whose visible part (``alpha_box``; the whole canvas when it has
+    none) is flipped and scaled about its own centre, then moved by (dx, dy) pixels. When the
+    result can be a permutation of whole latent cells (no scale, a move by whole cells) a flip
+    keeps the part in place to the nearest cell, so it stays exact; otherwise positions are
+    rounded to whole pixels."""
     height, width = alpha.shape
     x0, y0, x1, y1 = alpha_box(alpha) or (0, 0, width, height)
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
     sx, sy = new_w / width, new_h / height
+    on_cells = (new_w, new_h) == (width, height) and dx % LATENT_CELL == 0 and dy % LATENT_CELL == 0
 
     def origin(lo: int, hi: int, size: int, s: float, flip: bool) -> float:
         if flip:  # the flipped canvas shows the part at [size - hi, size - lo): bring it back
             shift = lo + hi - size
-            shift = LATENT_CELL * round(shift / LATENT_CELL)
+            if on_cells:
+                shift = LATENT_CELL * round(shift / LATENT_CELL)
             lo, hi = size - hi, size - lo
             centre = (lo + hi) / 2 + shift
             return centre - s * (lo + hi) / 2

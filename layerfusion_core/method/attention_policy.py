@@ -203,8 +203,8 @@ class AttentionPolicy:
             return out
         layout, fgs = call.layout, self.fg_streams
         parts = split(out, layout)
-        softs = [self._per_row(masks[s][0], layout, s) for s in fgs]
-        hards = [self._per_row(masks[s][1], layout, s) for s in fgs]
+        softs = [self._per_row(masks[s][0], layout, s, out.device) for s in fgs]
+        hards = [self._per_row(masks[s][1], layout, s, out.device) for s in fgs]
         if self.blends_into_blended:
             new_fgs, parts[self.blended] = blend_layers(
                 [parts[s] for s in fgs], parts[self.blended], softs, hards
@@ -215,10 +215,13 @@ class AttentionPolicy:
         return merge(parts, layout)
 
     @staticmethod
-    def _per_row(mask: torch.Tensor, layout: CallLayout, stream: Stream) -> torch.Tensor:
-        """Per-image mask [N, T] -> one row per (chunk, image) of ``stream``: the cond
-        masks serve the uncond rows too; a mask [1, T] serves every image."""
-        images = layout.image_tensor(stream, mask.device)
+    def _per_row(
+        mask: torch.Tensor, layout: CallLayout, stream: Stream, device: torch.device
+    ) -> torch.Tensor:
+        """Per-image mask [N, T] -> one row per (chunk, image) of ``stream``, on ``device``: the
+        cond masks serve the uncond rows too; a mask [1, T] serves every image."""
+        mask = mask.to(device)
+        images = layout.image_tensor(stream, device)
         return mask.index_select(0, images if mask.shape[0] > 1 else torch.zeros_like(images))
 
     def _shared_self_attention(
@@ -232,7 +235,7 @@ class AttentionPolicy:
         layout, blended, bg = call.layout, self.blended, self.bg
         qs, ks, vs = split(q, layout), split(k, layout), split(v, layout)
         out = {s: call.call_through(qs[s], ks[s], vs[s]) for s in qs if s.role == StreamRole.FG}
-        hard_rows = None if hard is None else self._per_row(hard, layout, bg)
+        hard_rows = None if hard is None else self._per_row(hard, layout, bg, q.device)
         out[blended], out[bg] = shared_attention(
             qs[blended], ks[blended], vs[blended], qs[bg], ks[bg], vs[bg], call.heads, self.scope.sharing,
             hard_rows, self.sharing_epsilon, call.attention,

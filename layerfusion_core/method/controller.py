@@ -117,6 +117,8 @@ class LayerFusionController:
         timing = self.options.prior.timing
         if not (self.generative and self.recorder.active) or timing == PriorTiming.PREVIOUS_ONLY:
             return False
+        if not self.masks.needs_priors:  # a decomposition with a region for every layer
+            return False
         return timing == PriorTiming.PRIOR_PASS or self.recorder.previous is None
 
     def final_masks(self) -> tuple[StreamMasks, tuple[int, int]] | None:

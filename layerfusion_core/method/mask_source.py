@@ -29,6 +29,8 @@ StreamMasks = dict[Stream, tuple[torch.Tensor, torch.Tensor]]
 class PriorMasks:
     """Masks from the priors ``recorder`` holds, cached per evaluation and block."""
 
+    needs_priors = True
+
     def __init__(
         self,
         options: LayerFusionOptions,
@@ -133,6 +135,8 @@ class PriorMasks:
 class RegionGatedMasks:
     """``source``'s masks, each FG stream's multiplied by its region where it has one."""
 
+    needs_priors = True
+
     def __init__(self, source: PriorMasks, regions: dict[Stream, torch.Tensor]) -> None:
         self.source = source
         self.regions = regions
@@ -173,8 +177,9 @@ class RegionGatedMasks:
 class GivenRegionMasks:
     """Decomposition (LAYERS.md 3.3): an FG stream with a region (a box or MASK) takes that
     region itself as its soft and hard mask, area-resampled to each grid without feathering
-    (cells inside are exactly 1, cells outside exactly 0); the other FG streams take
-    ``source``'s masks (none blend until the source has them)."""
+    (cells wholly inside are 1, wholly outside 0); the other FG streams take ``source``'s
+    masks (none blend until the source has them). With a region for every layer no prior is
+    needed (``needs_priors``)."""
 
     def __init__(self, source: PriorMasks, regions: dict[Stream, torch.Tensor]) -> None:
         self.source = source
@@ -212,13 +217,22 @@ class GivenRegionMasks:
 
     def masks_for(self, block: BlockKey, grid: tuple[int, int]) -> StreamMasks | None:
         found = self.source.masks_for(block, grid)
-        if found is None and len(self.regions) < len(self.source.fg_streams):
+        if found is None and self.needs_priors:
             return None  # a layer without a region still waits for its priors
         return self._masks(found, grid)
+
+    @property
+    def needs_priors(self) -> bool:
+        """False when every layer has a region: then no prior pass is needed."""
+        return len(self.regions) < len(self.source.fg_streams)
 
     def final_masks(self) -> tuple[StreamMasks, tuple[int, int]] | None:
         final = self.source.final_masks()
         if final is None:
-            return None
+            if self.needs_priors:
+                return None
+            height, width = next(iter(self.regions.values())).shape
+            grid = (height // 8, width // 8)  # every layer given: the regions at latent size
+            return self._masks(None, grid), grid
         masks, grid = final
         return self._masks(masks, grid), grid

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layers.placement import Placement, place_latent_cells, place_latent_resampled
+from ..layers.placement import LATENT_CELL, Placement, place_latent_cells, place_latent_resampled
 from .latent_pins import Pin
 
 RGB = 3
@@ -53,7 +53,7 @@ class NoisyLatent:
             one = slice(n, n + 1)
             clean = place_latent_resampled(self.clean[one], placement)
             fresh = fresh_noise[one].to(clean)
-            height, width = (8 * d for d in clean.shape[-2:])
+            height, width = (LATENT_CELL * d for d in clean.shape[-2:])
             if placement.on_cells(width, height):
                 clean = place_latent_cells(self.clean[one], placement, clean)
                 noise = place_latent_cells(self.noise[one], placement, fresh)

@@ -13,7 +13,9 @@ default 0.40; its end is P + 0.20), ``--repeats N``, ``--steps N``, ``--size PX`
 Variants, interleaved (the order rotates every repeat), after one untimed warm-up each:
 
 ``layers``: sample_layered with K FG layers, BG and BLENDED, the default (faithful) options:
-    the run a re-harmonise starts from.
+    the run a re-harmonise starts from. Its blended prompt is one 77-token prompt, as the
+    decomposition's image prompt (the default, the layers' prompts joined, would make every
+    row's cross-attention longer).
 ``reharmonize``: the back-most layer moved by one latent cell, re-harmonised with the
     window (P, P + 0.2): only BLENDED is sampled, from the first step at or after P.
 ``decompose``: the same chain decomposed from an image: the inversion of one row (cfg 1,
@@ -91,7 +93,7 @@ class EditRuns:
 
         setup = self.setup
         bundle = sample_layered(
-            setup.model, setup.weights, self.chain, setup.bg, None, setup.negative,
+            setup.model, setup.weights, self.chain, setup.bg, setup.blended, setup.negative,
             {"samples": setup.empty_latent(1)}, self.settings, LayerFusionOptions(),
         )  # fmt: skip
         if self.decoded is None:

@@ -107,3 +107,14 @@ def test_eq2_alone_uses_hard_visibilities():
     for a_fg, h, o in zip(a_fgs, vis, out, strict=True):
         torch.testing.assert_close(o, a_fg * (1 - h[..., None]) + a_blend * h[..., None])
     assert torch.equal(out[0][:, 1], a_fgs[0][:, 1])  # covered by the layer above: its own
+
+
+def test_given_masks_follow_the_attention_tensors_to_their_device():
+    """Before any prior is recorded the given masks live on the CPU: blending and sharing move
+    them to the tensors' device (meta here stands in for a GPU)."""
+    ctrl = controller()
+    layout = CallLayout.for_call(SET, [1, 0], 6)
+    out = torch.empty(6, 16, 8, device="meta")
+    assert ctrl.blend_output(out, call(layout), "attn1").device.type == "meta"
+    q, k, v = (torch.empty(6, 16, 8, device="meta") for _ in range(3))
+    assert ctrl.self_attention(q, k, v, call(layout)).device.type == "meta"

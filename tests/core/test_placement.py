@@ -190,3 +190,52 @@ def test_layers_documents_are_refused_by_input_name():
         bundle_placements(bundle(), {1: LayerMove(dx=8)}, {"layers": [{"name": "cat", "x": 8}]})
     with pytest.raises(ValueError, match=r"layers: item 'cat': the layer would lie fully off"):
         bundle_placements(bundle(), {}, {"layers": [{"name": "cat", "x": 100}]})
+
+
+def test_an_identity_item_leaves_the_layer_to_the_widgets():
+    document = {"layers": [{"name": "chair", "x": 0, "y": 0}, {"name": "cat", "w": W, "h": H}]}
+    assert document_placements(document, bundle()) == {}
+    assert list(bundle_placements(bundle(), {1: LayerMove(dx=8)}, document)) == ["fg1"]
+    with pytest.raises(ValueError, match=r"layers: item 'cat': w 1000 scales the layer beyond 8x"):
+        document_placements({"layers": [{"name": "cat", "w": 1000}]}, bundle())
+
+
+def test_faint_stray_alpha_is_not_the_visible_part():
+    alpha = torch.zeros(H, W)
+    alpha[16:32, 8:32] = 1
+    clean = placement_from_move(alpha, 0, 0, 2.0, True, False)
+    alpha[0, W - 1] = 0.02  # a decoder's stray pixel
+    assert placement_from_move(alpha, 0, 0, 2.0, True, False) == clean
+
+
+def test_a_resampled_flip_keeps_the_centre_without_snapping():
+    alpha = torch.zeros(H, W)
+    alpha[8:16, 3:13] = 1  # centre x 8
+    placed = place_mask(alpha[None], placement_from_move(alpha, 0, 0, 1.5, True, False))[0]
+    columns = torch.nonzero(placed.amax(dim=0) > 0.5).flatten().float()
+    assert abs(float(columns.mean()) + 0.5 - 8.0) <= 0.5  # centre kept to the pixel, not the cell
+
+
+def test_pixels_and_latent_of_a_moved_layer_land_in_the_same_place():
+    """A ramp as pixels and as a latent (one value per cell, the mean of its pixels): after any
+    placement the placed latent matches the placed pixels' cell means, away from the edges."""
+    ramp = torch.arange(W, dtype=torch.float32).expand(H, W) / W + torch.arange(H)[:, None] / (2 * H)
+    pixels = ramp[None, ..., None]
+    latent = F.avg_pool2d(ramp[None, None], 8)
+    for placement in (
+        Placement(4, -3, W, H),
+        Placement(-6, 5, round(W * 1.5), round(H * 1.5)),
+        Placement(10, 2, round(W * 0.75), round(H * 0.75), flip_h=True),
+        Placement(3, 0, W, H, flip_v=True),
+    ):
+        by_pixels = F.avg_pool2d(place_image(pixels, placement)[..., 0][:, None], 8)[0, 0]
+        by_latent = place_latent_resampled(latent, placement)[0, 0]
+        covered = F.avg_pool2d(
+            (place_image(torch.ones_like(pixels), placement)[..., 0] > 0.999).float()[:, None], 8
+        )
+        inner = covered[0, 0] == 1
+        inner[[0, -1], :] = False
+        inner[:, [0, -1]] = False
+        assert inner.any(), placement
+        # A ramp is linear, so both resamplings are exact: 1e-3 is a sixteenth of a pixel here.
+        torch.testing.assert_close(by_latent[inner], by_pixels[inner], atol=1e-3, rtol=0), placement

@@ -173,3 +173,37 @@ def test_a_run_that_kept_nothing_gives_a_bundle_re_harmonise_refuses(pack, tiny_
         ValueError, match=r"bundle: expected a bundle with kept latents .* keep_percent below 1"
     ):
         reharmonize(pack, tiny_sdxl, bundle.with_images(images))
+
+
+def sampled(pack, model, images: int = 1, **settings):
+    clip = TinyCLIP()
+    chain = run_node(
+        pack.node("LayerFusionLayerPrompt"), clip=clip, text="a", name="a", x=0, y=0, width=0, height=0
+    ).result[0]
+    bundle, _ = run_node(
+        pack.node("LayerFusionLayersSampler"), model=model, fg_weights=None, layers=chain, bg=make_cond(2),
+        negative=make_cond(4), latent_image=make_latent(images, SIZE // 8, SIZE // 8), shared_noise=True,
+        **{**SETTINGS, **settings},
+    ).result  # fmt: skip
+    return bundle
+
+
+def test_a_run_whose_sampler_hides_its_state_keeps_nothing_and_is_not_re_harmonised(pack, tiny_sdxl):
+    bundle = sampled(pack, tiny_sdxl, sampler_name="dpm_adaptive")  # more steps than the schedule
+    assert bundle.kept == {}
+    images = {k: torch.zeros(1, SIZE, SIZE, 4 if k == "fg0" else 3) for k in ("fg0", "bg", "blended")}
+    with pytest.raises(ValueError, match=r"bundle \(its run's sampler_name\): dpm_adaptive steps on its own"):
+        reharmonize(pack, tiny_sdxl, bundle.with_images(images))
+
+
+def test_each_image_of_a_batch_moves_about_its_own_layer(pack, tiny_sdxl):
+    bundle = sampled(pack, tiny_sdxl, images=2)
+    fg = torch.zeros(2, SIZE, SIZE, 4)
+    fg[0, 8:24, 8:24] = 1.0  # image 0: the layer at the top left, image 1: bottom right
+    fg[1, 40:56, 40:56] = 1.0
+    images = {"fg0": fg, "bg": torch.rand(2, SIZE, SIZE, 3), "blended": torch.rand(2, SIZE, SIZE, 3)}
+    moved = reharmonize(pack, tiny_sdxl, bundle.with_images(images), fg0_dx=8, fg0_flip_h=True)[0]
+    assert moved.num_images == 2 and moved.latents["blended"].shape[0] == 2
+    assert torch.equal(moved.images["fg0"][0, 8:24, 16:32], fg[0, 8:24, 8:24])  # flipped in place, moved
+    assert torch.equal(moved.images["fg0"][1, 40:56, 48:64], fg[1, 40:56, 40:56])
+    assert torch.equal(moved.images["bg"], images["bg"])
