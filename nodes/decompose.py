@@ -11,10 +11,11 @@ from ..layerfusion_core.comfy_runtime import SamplerSettings
 from ..layerfusion_core.comfy_runtime.decomposing import decompose
 from ..layerfusion_core.layers.bundle import BLENDED_KEY
 from ..layerfusion_core.options import LayoutOptions, PriorOptions
+from .layers import bundle_outputs, layout_options_input
 from .sampler import latent_like, model_inputs, run_option_inputs, run_options
 from .schema import layerfusion_schema
-from .types import LayerBundleType, LayerPromptsType, LayoutOptionsType
-from .widgets import output, sampler_settings_inputs
+from .types import LayerPromptsType
+from .widgets import sampler_settings_inputs
 
 
 class LayerFusionDecompose(io.ComfyNode):
@@ -49,20 +50,9 @@ class LayerFusionDecompose(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="Negative prompt, shared by every stream."),
                 *sampler_settings_inputs("Noise seed of ancestral/SDE samplers (FG layer k: seed + k)."),
                 *run_option_inputs(),
-                LayoutOptionsType.Input(
-                    "layout_options",
-                    optional=True,
-                    tooltip="From LayerFusion Layout Options (defaults if unset).",
-                ),
+                layout_options_input(),
             ],
-            outputs=[
-                output(
-                    LayerBundleType,
-                    "bundle",
-                    "Every layer's latent and masks: decode with LayerFusion Decode Layers.",
-                ),
-                output(io.Latent, "blended_latent", "The image's latent (the blended stream ends on it)."),
-            ],
+            outputs=bundle_outputs("The image's latent (the blended stream ends on it)."),
         )
 
     @classmethod

@@ -22,6 +22,25 @@ from .widgets import output, sampler_settings_inputs
 MAX_BOX_SIDE = 16384
 
 
+def layout_options_input() -> io.Input:
+    """The optional Layout Options socket of the nodes that make a layer bundle."""
+    return LayoutOptionsType.Input(
+        "layout_options", optional=True, tooltip="From LayerFusion Layout Options (defaults if unset)."
+    )
+
+
+def bundle_outputs(blended_tooltip: str) -> list:
+    """The outputs of the nodes that make a layer bundle: the bundle and the blended latent."""
+    return [
+        output(
+            LayerBundleType,
+            "bundle",
+            "Every layer's latent and masks: decode with LayerFusion Decode Layers.",
+        ),
+        output(io.Latent, "blended_latent", blended_tooltip),
+    ]
+
+
 def box_inputs() -> list:
     """x, y, width, height of a layer's box in pixels; width = height = 0 means no box."""
     tips = {
@@ -154,20 +173,9 @@ class LayerFusionLayersSampler(io.ComfyNode):
                     optional=True,
                     tooltip="Blended-image prompt; unset: the layers' prompts and bg's, one after the other.",
                 ),
-                LayoutOptionsType.Input(
-                    "layout_options",
-                    optional=True,
-                    tooltip="From LayerFusion Layout Options (defaults if unset).",
-                ),
+                layout_options_input(),
             ],
-            outputs=[
-                output(
-                    LayerBundleType,
-                    "bundle",
-                    "Every layer's latent and masks: decode with LayerFusion Decode Layers.",
-                ),
-                output(io.Latent, "blended_latent", "Blended latent, for ordinary nodes."),
-            ],
+            outputs=bundle_outputs("Blended latent, for ordinary nodes."),
         )
 
     @classmethod

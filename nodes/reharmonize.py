@@ -12,7 +12,7 @@ from ..layerfusion_core.layers.moves import LayerMove, bundle_placements
 from ..layerfusion_core.options import ReharmonizeOptions, ReharmonizePreset
 from .schema import layerfusion_schema
 from .types import LayerBundleType, LayersDocumentType
-from .widgets import enum_combo, output, unit_float
+from .widgets import enum_combo, output, seed_input, unit_float
 
 MOVE_WIDGET_LAYERS = 2  # fg0_* and fg1_* widgets; any layer through the LAYERS document
 MAX_OFFSET = 16384
@@ -100,14 +100,9 @@ class LayerFusionReharmonize(io.ComfyNode):
                     default=d.lock_foreground,
                     tooltip="Put the moved layers' own pixels over the result, so they stay exactly as generated.",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
-                    control_after_generate=True,
-                    tooltip="Noise seed: the per-step noise of ancestral/SDE samplers, and fresh noise for a "
-                    "scaled or resampled layer (seed + k for layer k).",
+                seed_input(
+                    "Noise seed: the per-step noise of ancestral/SDE samplers, and fresh noise for a "
+                    "scaled or resampled layer (seed + k for layer k)."
                 ),
                 unit_float(
                     "effects_threshold",

@@ -38,17 +38,17 @@ def _scheduler_names() -> list[str]:
     return list(comfy.samplers.KSampler.SCHEDULERS)
 
 
+def seed_input(tooltip: str) -> io.Int.Input:
+    """KSampler's seed widget (with the frontend's control after generate)."""
+    return io.Int.Input(
+        "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip=tooltip
+    )
+
+
 def sampler_settings_inputs(seed_tooltip: str) -> list:
     """KSampler's own widgets: seed, steps, cfg, sampler_name, scheduler, denoise."""
     return [
-        io.Int.Input(
-            "seed",
-            default=0,
-            min=0,
-            max=0xFFFFFFFFFFFFFFFF,
-            control_after_generate=True,
-            tooltip=seed_tooltip,
-        ),
+        seed_input(seed_tooltip),
         io.Int.Input("steps", default=25, min=1, max=10000, tooltip="Sampling steps."),
         io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="CFG scale."),
         io.Combo.Input(

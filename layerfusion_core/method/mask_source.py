@@ -132,8 +132,10 @@ class PriorMasks:
         return None if masks is None else (masks, maps.sparsity_grid)
 
 
-class RegionGatedMasks:
-    """``source``'s masks, each FG stream's multiplied by its region where it has one."""
+class _RegionMasks:
+    """A mask source built on the priors' source and the layers' regions ([H, W] per FG
+    stream that has one), with the regions at each grid cached; run bookkeeping goes to the
+    source."""
 
     needs_priors = True
 
@@ -150,6 +152,10 @@ class RegionGatedMasks:
 
     def observe_vote(self) -> None:
         self.source.observe_vote()
+
+
+class RegionGatedMasks(_RegionMasks):
+    """``source``'s masks, each FG stream's multiplied by its region where it has one."""
 
     def _gate(self, masks: StreamMasks, grid: tuple[int, int]) -> StreamMasks:
         out = {}
@@ -174,26 +180,12 @@ class RegionGatedMasks:
         return None if final is None else (self._gate(final[0], final[1]), final[1])
 
 
-class GivenRegionMasks:
+class GivenRegionMasks(_RegionMasks):
     """Decomposition (LAYERS.md 3.3): an FG stream with a region (a box or MASK) takes that
     region itself as its soft and hard mask, area-resampled to each grid without feathering
     (cells wholly inside are 1, wholly outside 0); the other FG streams take ``source``'s
     masks (none blend until the source has them). With a region for every layer no prior is
     needed (``needs_priors``)."""
-
-    def __init__(self, source: PriorMasks, regions: dict[Stream, torch.Tensor]) -> None:
-        self.source = source
-        self.regions = regions
-        self._at_grid: dict[tuple[Stream, tuple[int, int]], torch.Tensor] = {}
-
-    def reset(self) -> None:
-        self.source.reset()
-
-    def begin_evaluation(self) -> None:
-        self.source.begin_evaluation()
-
-    def observe_vote(self) -> None:
-        self.source.observe_vote()
 
     def _given(self, stream: Stream, grid: tuple[int, int], like: torch.Tensor | None) -> torch.Tensor:
         key = (stream, tuple(grid))

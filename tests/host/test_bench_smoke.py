@@ -20,10 +20,10 @@ LAYER_RATIOS = re.compile(
 )
 
 
-def run_bench(comfy_host, *extra: str) -> list[str]:
+def run_bench(comfy_host, *extra: str, script: str = BENCH.name) -> list[str]:
     env = {**os.environ, ENV_COMFYUI_PATH: str(comfy_host.root)}
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--tiny", "--repeats", "1", "--steps", "2", *extra],
+        [sys.executable, str(BENCH.with_name(script)), "--tiny", "--repeats", "1", "--steps", "2", *extra],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -58,17 +58,7 @@ EDIT_RATIOS = re.compile(rf"ratios: reharmonize {NUMBER} expected {NUMBER} decom
 
 
 def test_tiny_edits_benchmark_prints_its_table_and_ratios_line(comfy_host):
-    env = {**os.environ, ENV_COMFYUI_PATH: str(comfy_host.root)}
-    done = subprocess.run(
-        [sys.executable, str(BENCH.with_name("bench_edits.py")), "--tiny", "--repeats", "1", "--steps", "2"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.strip().splitlines()
+    lines = run_bench(comfy_host, script="bench_edits.py")
     assert EDIT_RATIOS.fullmatch(lines[-1]), lines[-1]
     assert "expected 0.15" in lines[-1]  # (1 - 0.40) / (2 + 2)
     table = "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from support.fg_tiny import tiny_fg_weights
+from support.host_probes import cancelled
 from support.tiny_sdxl import make_cond, make_latent
 from support.tiny_stand_ins import tiny_vae
 
@@ -243,13 +244,8 @@ def test_a_batch_gives_one_decomposition_per_image(tiny_sdxl):
 
 
 def test_cancel_stops_the_inversion_and_the_run(comfy_host, tiny_sdxl):
-    mm = comfy_host.model_management
-    mm.interrupt_current_processing(True)
-    try:
-        with pytest.raises(mm.InterruptProcessingException):
-            run(tiny_sdxl)
-    finally:
-        mm.interrupt_current_processing(False)
+    with cancelled(), pytest.raises(comfy_host.model_management.InterruptProcessingException):
+        run(tiny_sdxl)
 
 
 def test_with_a_region_for_every_layer_no_prior_pass_runs(tiny_sdxl):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from support.fg_tiny import tiny_fg_weights
+from support.host_probes import cancelled
 from support.tiny_sdxl import make_cond, make_latent
 from support.tiny_stand_ins import tiny_vae
 
@@ -243,10 +244,5 @@ def test_the_sampled_cost_is_one_row_from_p_start(decoded):
 
 def test_cancel_stops_a_re_harmonise(comfy_host, decoded):
     model, bundle = decoded
-    mm = comfy_host.model_management
-    mm.interrupt_current_processing(True)
-    try:
-        with pytest.raises(mm.InterruptProcessingException):
-            run(model, bundle, {"fg0": [Placement(8, 0, SIZE, SIZE)]})
-    finally:
-        mm.interrupt_current_processing(False)
+    with cancelled(), pytest.raises(comfy_host.model_management.InterruptProcessingException):
+        run(model, bundle, {"fg0": [Placement(8, 0, SIZE, SIZE)]})

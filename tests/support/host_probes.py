@@ -80,3 +80,15 @@ def torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def cancelled() -> Iterator[None]:
+    """Cancel pressed: ComfyUI's interrupt flag set for the duration (cleared afterwards)."""
+    import comfy.model_management as mm
+
+    mm.interrupt_current_processing(True)
+    try:
+        yield
+    finally:
+        mm.interrupt_current_processing(False)
