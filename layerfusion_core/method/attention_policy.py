@@ -49,6 +49,7 @@ class Scope:
     structure_block: BlockKey
     blend_blocks: frozenset[BlockKey]
     content_blocks: frozenset[BlockKey]
+    last_content_block: BlockKey  # the last of content_blocks in the model's order
     generative: bool
     sharing: SharingMode
 
