@@ -19,6 +19,11 @@ from ..options import BlockKey
 PHASE_KEY = "layerfusion_phase"
 
 
+class PriorPassComplete(Exception):
+    """Ends a prior pass once its last map is recorded: the rest of the UNet call would only
+    compute the pass's prediction, which is discarded (the caller catches it)."""
+
+
 class AttentionHooks:
     def __init__(
         self,
@@ -68,10 +73,14 @@ class AttentionHooks:
     def _make_replace(self, key: BlockKey, attention: str, previous: Callable | None) -> Callable:
         controller = self.controller
         hook = controller.self_attention if attention == "attn1" else controller.cross_attention
+        ends_prior_pass = attention == "attn2" and key == controller.prior_pass_end
 
         def replace(q, k, v, extra_options):
             call = self._attention_call(extra_options, key, previous)
-            return hook(q, k, v, call)
+            out = hook(q, k, v, call)
+            if ends_prior_pass and call.phase == Phase.PRIOR:
+                raise PriorPassComplete(key)
+            return out
 
         return replace
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Mapping
@@ -27,7 +28,7 @@ from ..method.streams import CallLayout, Stream, StreamRole, StreamSet
 from ..models.fg_weights import ForegroundWeights
 from ..models.row_deltas import RowDelta, RowSelection, make_row_delta_module
 from ..options import BlockKey, LayerFusionOptions
-from .attention_hooks import PHASE_KEY, AttentionHooks
+from .attention_hooks import PHASE_KEY, AttentionHooks, PriorPassComplete
 from .casting import cast_weight_bias
 from .memory import RunMemory, attention_row_factor
 
@@ -206,7 +207,9 @@ class LayerFusionPatch:
             self.expect_main = False
 
     def _prior_pass(self, guider, x, timestep, model_options, seed) -> None:
-        """The FG stream alone, conditional rows, phase-tagged: the hooks record the maps."""
+        """The FG stream alone, conditional rows, phase-tagged: the hooks record the maps and
+        end the pass at the last one (the blocks after it, the whole highest-resolution
+        decoder level on SDXL, would only compute the discarded prediction)."""
         comfy = _comfy()
         layout = CallLayout.for_call(self.stream_set, [0], x.shape[0])
         fg_rows = layout.role_tensor(StreamRole.FG, x.device)
@@ -222,7 +225,8 @@ class LayerFusionPatch:
                 model, x_fg, conds, x.device, latent_image=latent, denoise_mask=mask, seed=seed
             )["positive"]
         options = self.hooks.tagged_options(model_options, Phase.PRIOR)
-        comfy.samplers.calc_cond_batch(model, [self.processed_prior], x_fg, timestep_fg, options)
+        with contextlib.suppress(PriorPassComplete):
+            comfy.samplers.calc_cond_batch(model, [self.processed_prior], x_fg, timestep_fg, options)
 
     def _prior_latent_and_mask(self, model, x_fg: torch.Tensor):
         """The latent image and denoise mask of the FG rows, prepared as the guider prepares

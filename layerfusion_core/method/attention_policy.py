@@ -49,6 +49,7 @@ class Scope:
     structure_block: BlockKey
     blend_blocks: frozenset[BlockKey]
     content_blocks: frozenset[BlockKey]
+    last_content_block: BlockKey  # the last of content_blocks in the model's order
     generative: bool
     sharing: SharingMode
 
@@ -110,36 +111,39 @@ class AttentionPolicy:
         return scope.sharing != SharingMode.OFF and self.recorder.active and call.block in scope.blend_blocks
 
     # -- recording ----------------------------------------------------------------------
-    def _recording_rows(
-        self, call: AttentionCall, stream: Stream, device: torch.device
-    ) -> torch.Tensor | None:
-        """Rows of ``stream`` whose attention feeds its priors in this call, one per image in
-        image order: its positive rows (of a prior pass; of a main call only when maps are
-        recorded there), or None."""
-        if call.phase != Phase.PRIOR and not (self.records_in_main and Chunk.POSITIVE in call.layout.chunks):
-            return None
-        return call.layout.index_tensor(stream, device, Chunk.POSITIVE)
+    def _records(self, call: AttentionCall) -> bool:
+        """This call's attention feeds the priors: a prior pass, or a main call with a
+        positive chunk when maps are recorded there."""
+        return call.phase == Phase.PRIOR or (self.records_in_main and Chunk.POSITIVE in call.layout.chunks)
+
+    @staticmethod
+    def _recording_rows(call: AttentionCall, stream: Stream, x: torch.Tensor) -> torch.Tensor:
+        """The positive rows of ``stream`` in x [B, T, C], one per image in image order (a view)."""
+        return call.layout.view_of(x, stream, Chunk.POSITIVE)
 
     def _record_sparsity(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor) -> None:
+        if not self._records(call):
+            return
         prior = self.options.prior
         for stream in self.fg_streams:
-            rows = self._recording_rows(call, stream, q.device)
-            if rows is None:
-                return
             score = sparsity_score(
-                q.index_select(0, rows), k.index_select(0, rows), call.heads, prior.chunk_size, prior.formula
+                self._recording_rows(call, stream, q),
+                self._recording_rows(call, stream, k),
+                call.heads,
+                prior.chunk_size,
+                prior.formula,
             )
             self.recorder.record_sparsity(stream, minmax(score), call.grid)
         self.masks.observe_vote()
 
     def _record_content(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor) -> None:
+        if not self._records(call):
+            return
         for stream in self.fg_streams:
-            rows = self._recording_rows(call, stream, q.device)
-            if rows is None:
-                return
             eos = None if self.eos_index is None else self.eos_index.get(stream)
             eos = None if eos is None else eos.to(q.device)
-            c = content_prior(q.index_select(0, rows), k.index_select(0, rows), call.heads, eos)
+            q_rows, k_rows = self._recording_rows(call, stream, q), self._recording_rows(call, stream, k)
+            c = content_prior(q_rows, k_rows, call.heads, eos)
             self.recorder.record_content(stream, call.block, c, call.grid)
         if call.block == self.scope.structure_block:
             self.masks.observe_vote()
@@ -177,9 +181,8 @@ class AttentionPolicy:
         for stream, region in self.couple_regions.items():
             if not call.layout.has_stream(stream):
                 continue
-            rows = call.layout.index_tensor(stream, q.device)
             k_empty, v_empty = call.context_keys(stream, q)
-            q_rows = q.index_select(0, rows)
+            q_rows = call.layout.view_of(q, stream)
             count = q_rows.shape[0]
             empty = call.attention(
                 q_rows, k_empty.expand(count, -1, -1), v_empty.expand(count, -1, -1), call.heads
@@ -190,7 +193,9 @@ class AttentionPolicy:
                 gate = self._couple_gates[key] = region_at_grid(region, call.grid).to(q.device, q.dtype)[
                     None, :, None
                 ]
-            out = out.index_copy(0, rows, torch.lerp(empty, out.index_select(0, rows), gate))
+            parts = split(out, call.layout)
+            parts[stream] = torch.lerp(empty, parts[stream], gate)
+            out = merge(parts, call.layout)
         return out
 
     def blend_output(self, out: torch.Tensor, call: AttentionCall, attention: str) -> torch.Tensor:
@@ -234,7 +239,12 @@ class AttentionPolicy:
     ) -> torch.Tensor:
         layout, blended, bg = call.layout, self.blended, self.bg
         qs, ks, vs = split(q, layout), split(k, layout), split(v, layout)
-        out = {s: call.call_through(qs[s], ks[s], vs[s]) for s in qs if s.role == StreamRole.FG}
+        # Another pack's replace may expect whole tensors, as it gets them outside our calls.
+        out = {
+            s: call.call_through(qs[s].contiguous(), ks[s].contiguous(), vs[s].contiguous())
+            for s in qs
+            if s.role == StreamRole.FG
+        }
         hard_rows = None if hard is None else self._per_row(hard, layout, bg, q.device)
         out[blended], out[bg] = shared_attention(
             qs[blended], ks[blended], vs[blended], qs[bg], ks[bg], vs[bg], call.heads, self.scope.sharing,

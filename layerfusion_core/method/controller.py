@@ -81,6 +81,13 @@ class LayerFusionController:
     def content_blocks(self) -> frozenset[BlockKey]:
         return self.scope.content_blocks
 
+    @property
+    def prior_pass_end(self) -> BlockKey:
+        """The block whose cross-attention records a prior pass's last map (the structure
+        prior comes from a block's self-attention, before its cross-attention): past it, the
+        pass computes only its prediction, which is never used."""
+        return self.scope.last_content_block
+
     def plan_evaluations(self, evaluations: int) -> None:
         """The run has at least ``evaluations`` model evaluations inside the blending window:
         an ``auto`` vote needing more could never decide (blending would silently stay off),
@@ -160,10 +167,12 @@ def _scope(options: LayerFusionOptions, unet: UNetLayout, stream_set: StreamSet)
         raise ValueError(_not_a_block("layers", ", ".join(absent), unet))
     generative = blend.mode == BlendMode.GENERATIVE and stream_set.blended
     blend_blocks = frozenset(b.key for b in unet.blocks if blend.layers.contains(b.key))
+    content_blocks = blend_blocks | {structure_block}
     return Scope(
         structure_block=structure_block,
         blend_blocks=blend_blocks,
-        content_blocks=blend_blocks | {structure_block},
+        content_blocks=content_blocks,
+        last_content_block=next(b.key for b in reversed(unet.blocks) if b.key in content_blocks),
         generative=generative,
         sharing=blend.sharing if generative else SharingMode.OFF,
     )

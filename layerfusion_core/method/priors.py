@@ -107,27 +107,30 @@ def content_prior(
     q: [B, T, heads*dim]; k_text: [B, L, heads*dim]; eos_index: int, LongTensor [B] (a
     global index into the L context tokens), or None for the fallback (mean over columns
     1..76 of the first window).
+
+    One batched product over the heads gives the logits [B, heads, T, L] (float32, the only
+    buffer of that size); each row's log-normaliser (logsumexp over the L tokens) turns the
+    wanted column(s) into probabilities, so no probability map is written.
     """
     qh, kh = _heads(q, heads), _heads(k_text, heads)
-    b, _, _, d = qh.shape
+    b, _, t, d = qh.shape
     length = kh.shape[2]
     if eos_index is None:
-        columns = torch.arange(length)[EOS_FALLBACK_COLUMNS].to(q.device)
-        if columns.numel() == 0:
+        if not range(length)[EOS_FALLBACK_COLUMNS]:
             raise ValueError(f"content_prior: context of {length} tokens has no columns after BOS")
     else:
         eos = torch.as_tensor(eos_index, dtype=torch.long, device=q.device).reshape(-1).expand(b)
         if (eos < 0).any() or (eos >= length).any():
             raise ValueError(f"content_prior: eos_index {eos.tolist()} outside the {length} context tokens")
-    scale = 1.0 / math.sqrt(d)
-    total = q.new_zeros((b, qh.shape[2]), dtype=torch.float32)
-    for h in range(heads):
-        probs = torch.softmax(torch.matmul(qh[:, h], kh[:, h].transpose(-1, -2)) * scale, dim=-1)
-        if eos_index is None:
-            total += probs[..., columns].mean(dim=-1)
-        else:
-            total += probs.gather(-1, eos.view(b, 1, 1).expand(b, probs.shape[1], 1)).squeeze(-1)
-    return total / heads
+    logits = torch.matmul(qh, kh.transpose(-1, -2)).mul_(1.0 / math.sqrt(d))  # [B, h, T, L]
+    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # [B, h, T, 1]
+    if eos_index is None:
+        window = logits[..., EOS_FALLBACK_COLUMNS]
+        probs = window.sub_(log_norm).exp_().mean(dim=-1)
+    else:
+        column = logits.gather(-1, eos.view(b, 1, 1, 1).expand(b, heads, t, 1))
+        probs = column.sub_(log_norm).exp_().squeeze(-1)
+    return probs.mean(dim=1)
 
 
 def blend_masks(

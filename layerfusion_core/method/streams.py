@@ -4,7 +4,9 @@ The latent batch is image-major: for image n the rows are that image's streams i
 ``StreamSet.streams`` order (FG_0..FG_{K-1}, BG, BLENDED). A UNet call concatenates one
 chunk per entry of ComfyUI's ``cond_or_uncond`` (0 = positive, 1 = negative), each chunk
 being the whole latent batch (or, in a prior pass, only the FG rows). ``split`` and
-``merge`` are the only functions that slice a call's batch by stream.
+``merge`` (and ``CallLayout.view_of``, which they use) are the only functions that slice a
+call's batch by stream. Rows being image-major, one stream's rows are every S-th row of the
+call (S streams per image): a strided view, no gather.
 """
 
 from __future__ import annotations
@@ -180,6 +182,35 @@ class CallLayout:
             self._device_indices[key] = cached
         return cached
 
+    @cached_property
+    def _positions(self) -> dict[Stream, int]:
+        return {stream: i for i, stream in enumerate(self.streams)}
+
+    @cached_property
+    def _chunk_codes(self) -> tuple[Chunk, ...]:
+        """The chunk of each chunk of rows, in call order (a code may repeat)."""
+        rows_per_chunk = self.num_images * len(self.streams)
+        return tuple(self.rows[i].chunk for i in range(0, self.batch_size, rows_per_chunk))
+
+    def view_of(self, x: torch.Tensor, stream: Stream, chunk: Chunk | None = None) -> torch.Tensor:
+        """The rows ``indices(stream, chunk)`` of x [B, ...] as a view [rows, ...] (every S-th
+        row, S streams per image, within the chunk's rows when ``chunk`` is given); a gather
+        only where a chunk code repeats among others, which no view can select."""
+        position = self._positions.get(stream)
+        if position is None:
+            raise ValueError(
+                f"view_of: stream {stream} is not in this call ({', '.join(map(str, self.streams))})"
+            )
+        rows = x
+        if chunk is not None:
+            chunk_rows = self.num_images * len(self.streams)
+            at = [i for i, code in enumerate(self._chunk_codes) if code == chunk]
+            if len(at) == 1:
+                rows = x.narrow(0, at[0] * chunk_rows, chunk_rows)
+            elif len(at) != len(self._chunk_codes):
+                return x.index_select(0, self.index_tensor(stream, x.device, chunk))
+        return rows.unflatten(0, (-1, len(self.streams))).select(1, position)
+
 
 @lru_cache(maxsize=64)
 def _cached_layout(
@@ -189,23 +220,20 @@ def _cached_layout(
 
 
 def split(x: torch.Tensor, layout: CallLayout) -> dict[Stream, torch.Tensor]:
-    """[B, ...] -> {stream: [chunks * images, ...]} with rows in (chunk, image) order."""
+    """[B, ...] -> {stream: [chunks * images, ...]} with rows in (chunk, image) order; each
+    part is a strided view of x (write to it and x changes)."""
     if x.shape[0] != layout.batch_size:
         raise ValueError(f"split: tensor batch {x.shape[0]} does not match the layout's {layout.batch_size}")
-    return {s: x.index_select(0, layout.index_tensor(s, x.device)) for s in layout.streams}
+    return {s: layout.view_of(x, s) for s in layout.streams}
 
 
 def merge(parts: dict[Stream, torch.Tensor], layout: CallLayout) -> torch.Tensor:
-    """Inverse of ``split``: scatter each stream's rows back to their call rows."""
-    any_part = next(iter(parts.values()))
-    out = any_part.new_empty((layout.batch_size, *any_part.shape[1:]))
-    covered = 0
+    """Inverse of ``split``: a new [B, ...] tensor with each stream's rows at its call rows
+    (one interleaving copy)."""
+    rows = layout.batch_size // len(layout.streams)
     for stream in layout.streams:
         if stream not in parts:
             raise ValueError(f"merge: missing stream {stream}")
-        idx = layout.index_tensor(stream, out.device)
-        out.index_copy_(0, idx, parts[stream])
-        covered += idx.numel()
-    if covered != layout.batch_size:
-        raise ValueError(f"merge: covered {covered} rows of {layout.batch_size}")
-    return out
+        if parts[stream].shape[0] != rows:
+            raise ValueError(f"merge: stream {stream} has {parts[stream].shape[0]} rows, the layout {rows}")
+    return torch.stack([parts[s] for s in layout.streams], dim=1).flatten(0, 1)

@@ -114,6 +114,31 @@ def test_content_prior_matches_float64_reference(eos_kind):
     torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("eos_kind", ["per_sample", "fallback"])
+def test_batched_content_prior_matches_float64_on_strided_rows_and_large_logits(eos_kind):
+    """The attention hooks hand in one stream's rows as a strided view of the call's batch
+    (every third row); logits of several hundred must not overflow the normaliser."""
+    g = torch.Generator().manual_seed(8)
+    heads, d, t, length = 10, 8, 21, 154
+    q_call = torch.randn(6, t, heads * d, generator=g) * 12.0
+    k_call = torch.randn(6, length, heads * d, generator=g) * 12.0
+    q, kt = q_call[0::3], k_call[0::3]  # the FG rows of a cond + uncond call: a view
+    assert not q.is_contiguous()
+    p = ref_head_mean_probs(q, kt, heads)
+    if eos_kind == "fallback":
+        expected, got = p[:, :, 1:77].mean(-1), content_prior(q, kt, heads, None)
+    else:
+        eos = torch.tensor([5, 120])
+        expected = torch.stack([p[i, :, e] for i, e in enumerate(eos.tolist())])
+        got = content_prior(q, kt, heads, eos)
+        assert expected.max() > 0.05  # some heads put real mass on the column
+    assert got.dtype == torch.float32 and got.shape == (2, t)
+    torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        got, content_prior(q.contiguous(), kt.contiguous(), heads, None if eos_kind == "fallback" else eos)
+    )
+
+
 def test_content_prior_fallback_is_mean_of_first_window_without_bos():
     g = torch.Generator().manual_seed(6)
     q, kt = torch.randn(2, 12, 16, generator=g), torch.randn(2, 154, 16, generator=g)

@@ -72,3 +72,37 @@ def test_split_rows_are_chunk_then_image_ordered():
     layout = CallLayout.for_call(StreamSet(), [1, 0], 6)
     x = torch.arange(6.0)
     assert split(x, layout)[BG].tolist() == [1.0, 4.0]
+
+
+def test_split_parts_are_views_and_merge_is_a_new_tensor():
+    layout = CallLayout.for_call(StreamSet(), [1, 0], 12)
+    x = torch.randn(12, 4, 2)
+    parts = split(x, layout)
+    for stream, part in parts.items():
+        assert part.data_ptr() == x[layout.indices(stream)[0]].data_ptr()  # no copy
+        assert torch.equal(part, x[layout.indices(stream)])
+    merged = merge(parts, layout)
+    assert torch.equal(merged, x) and merged.data_ptr() != x.data_ptr()
+
+
+@pytest.mark.parametrize(
+    "chunks,batch,fg_only", [([1, 0], 6, False), ([0], 6, False), ([0, 1], 4, True), ([0, 0, 1], 9, False)]
+)
+def test_view_of_a_chunk_holds_the_rows_indices_names(chunks, batch, fg_only):
+    layout = CallLayout.for_call(StreamSet(), chunks, batch, fg_only=fg_only)
+    x = torch.arange(float(batch))
+    for stream in layout.streams:
+        for chunk in (None, Chunk.POSITIVE, Chunk.NEGATIVE):
+            assert layout.view_of(x, stream, chunk).tolist() == layout.indices(stream, chunk)
+
+
+def test_view_of_and_merge_name_what_is_wrong():
+    layout = CallLayout.for_call(StreamSet(), [0], 3)
+    with pytest.raises(ValueError, match="fg1"):
+        layout.view_of(torch.zeros(3), Stream(StreamRole.FG, 1))
+    parts = split(torch.zeros(3, 2), layout)
+    with pytest.raises(ValueError, match="missing stream blended"):
+        merge({s: p for s, p in parts.items() if s != BL}, layout)
+    parts[BG] = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="stream bg has 2 rows, the layout 1"):
+        merge(parts, layout)

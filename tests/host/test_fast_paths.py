@@ -8,8 +8,9 @@ from support.host_probes import record_unet_calls
 
 from layerfusion_core.comfy_runtime.patching import patch_model
 from layerfusion_core.comfy_runtime.sampling import model_unet_layout
+from layerfusion_core.method.controller import LayerFusionController
 from layerfusion_core.method.streams import StreamSet
-from layerfusion_core.options import BlendOptions, LayerFusionOptions, PriorOptions, PriorTiming
+from layerfusion_core.options import BlendOptions, LayerFusionOptions, LayerSet, PriorOptions, PriorTiming
 
 
 def with_weight_patch(model):
@@ -92,3 +93,33 @@ def test_prior_passes_run_only_inside_the_blending_window(tiny_sdxl):
     passes, calls, result = prior_passes(tiny_sdxl, late)
     assert 0 < passes < 4 and calls == 4 + passes
     assert result.soft_mask.max() > 0.5
+
+
+EARLY_END = LayerFusionOptions(  # the last recorded block is the middle one: no decoder in the pass
+    prior=PriorOptions(structure_layer="middle.0.0"), blend=BlendOptions(layers=LayerSet(spec="input"))
+)
+
+
+@pytest.mark.parametrize("options", [LayerFusionOptions(), EARLY_END])
+def test_prior_pass_ends_at_its_last_map_and_changes_nothing(tiny_sdxl, monkeypatch, options):
+    """The prior pass stops after the cross-attention of the last block it records (the
+    model's output layers never see a batch-1 call), and the run equals one whose prior
+    pass runs to the end."""
+    rows_out = []
+    hook = tiny_sdxl.model.diffusion_model.out.register_forward_hook(
+        lambda _module, _args, out: rows_out.append(out.shape[0])
+    )
+    try:
+        probe, calls = record_unet_calls(tiny_sdxl)
+        stopped = run(probe, options, steps=3)
+        assert [c.batch for c in calls].count(1) == 3  # one prior pass per evaluation
+        assert rows_out == [6, 6, 6]  # only the main calls reach the output layers
+        monkeypatch.setattr(LayerFusionController, "prior_pass_end", ("none", 0, 0))
+        rows_out.clear()
+        full = run(tiny_sdxl, options, steps=3)
+        assert rows_out == [1, 6, 1, 6, 1, 6]
+    finally:
+        hook.remove()
+    for role in (FG, BG, BL):
+        assert torch.equal(stopped.latents[role], full.latents[role])
+    assert torch.equal(stopped.soft_mask, full.soft_mask)
