@@ -158,15 +158,7 @@ def test_bad_inputs_are_refused_by_name(pack, tiny_sdxl, decoded):
 
 
 def test_a_run_that_kept_nothing_gives_a_bundle_re_harmonise_refuses(pack, tiny_sdxl):
-    clip = TinyCLIP()
-    chain = run_node(
-        pack.node("LayerFusionLayerPrompt"), clip=clip, text="a", name="a", x=0, y=0, width=0, height=0
-    ).result[0]
-    bundle, _ = run_node(
-        pack.node("LayerFusionLayersSampler"), model=tiny_sdxl, fg_weights=None, layers=chain, bg=make_cond(2),
-        negative=make_cond(4), latent_image=make_latent(1, SIZE // 8, SIZE // 8), shared_noise=True,
-        layout_options=LayoutOptions(keep_percent=1.0), **SETTINGS,
-    ).result  # fmt: skip
+    bundle = sampled(pack, tiny_sdxl, layout_options=LayoutOptions(keep_percent=1.0))
     assert bundle.kept == {} and bundle.kept_sigma is None
     images = {k: torch.zeros(1, SIZE, SIZE, 4 if k == "fg0" else 3) for k in ("fg0", "bg", "blended")}
     with pytest.raises(
