@@ -178,9 +178,12 @@ class AttentionPolicy:
     def _couple(self, q: torch.Tensor, out: torch.Tensor, call: AttentionCall) -> torch.Tensor:
         """In each coupled stream's rows: the prompt's attention inside the region, the empty
         prompt's outside, mixed by the region at this grid (feathered over one cell)."""
+        parts = split(out, call.layout)
+        coupled = False
         for stream, region in self.couple_regions.items():
             if not call.layout.has_stream(stream):
                 continue
+            coupled = True
             k_empty, v_empty = call.context_keys(stream, q)
             q_rows = call.layout.view_of(q, stream)
             count = q_rows.shape[0]
@@ -193,10 +196,8 @@ class AttentionPolicy:
                 gate = self._couple_gates[key] = region_at_grid(region, call.grid).to(q.device, q.dtype)[
                     None, :, None
                 ]
-            parts = split(out, call.layout)
             parts[stream] = torch.lerp(empty, parts[stream], gate)
-            out = merge(parts, call.layout)
-        return out
+        return merge(parts, call.layout) if coupled else out
 
     def blend_output(self, out: torch.Tensor, call: AttentionCall, attention: str) -> torch.Tensor:
         """attn1/attn2 output patch (after to_out): Eq. 1 and Eq. 2 between the FG streams and
