@@ -111,11 +111,14 @@ class LayerSet:
         return block[0] in groups or tuple(block) in blocks
 
 
-def parse_layer_spec(spec: str) -> tuple[frozenset[str], frozenset[BlockKey]]:
-    """Parse a layer spec into (groups, single blocks). Raises ValueError naming the bad item."""
+def parse_layer_spec(spec: str, name: str = "layers") -> tuple[frozenset[str], frozenset[BlockKey]]:
+    """Parse a layer spec into (groups, single blocks). Raises ValueError naming the input
+    ``name`` and the bad item."""
+    if not isinstance(spec, str):
+        raise ValueError(f"{name}: expected text, got {type(spec).__name__}")
     items = [item.strip() for item in spec.split(",") if item.strip()]
     if not items:
-        raise ValueError("layers: expected 'all' or block groups/keys, got an empty string")
+        raise ValueError(f"{name}: expected 'all' or block groups/keys, got an empty string")
     groups: set[str] = set()
     blocks: set[BlockKey] = set()
     for item in items:
@@ -127,7 +130,7 @@ def parse_layer_spec(spec: str) -> tuple[frozenset[str], frozenset[BlockKey]]:
             parts = item.split(".")
             if len(parts) != 3 or parts[0] not in LAYER_GROUPS or not all(p.isdigit() for p in parts[1:]):
                 raise ValueError(
-                    f"layers: expected 'all', a group ({', '.join(LAYER_GROUPS)}) or a block "
+                    f"{name}: expected 'all', a group ({', '.join(LAYER_GROUPS)}) or a block "
                     f"like 'output.5.1', got {item!r}"
                 )
             blocks.add((parts[0], int(parts[1]), int(parts[2])))
@@ -151,9 +154,11 @@ class PriorOptions:
             self, formula=SparsityFormula, orientation=PriorOrientation, timing=PriorTiming,
             content_timing=ContentTiming,
         )  # fmt: skip
+        if isinstance(self.structure_layer, str):  # "last " as typed in a widget is "last"
+            object.__setattr__(self, "structure_layer", self.structure_layer.strip())
         if self.structure_layer != "last":
-            _, blocks = parse_layer_spec(self.structure_layer)
-            if len(blocks) != 1:
+            groups, blocks = parse_layer_spec(self.structure_layer, "structure_layer")
+            if len(blocks) != 1 or groups:
                 raise ValueError(
                     f"structure_layer: expected 'last' or one block like 'output.5.1', got "
                     f"{self.structure_layer!r}"

@@ -10,21 +10,14 @@ import torch
 from comfy_api.latest import io
 
 from ..layerfusion_core.comfy_runtime.decoding import decode_rgba
-from ..layerfusion_core.comfy_runtime.loaders import LoadedDecoder, load_transparent_decoder
+from ..layerfusion_core.comfy_runtime.loaders import load_transparent_decoder
 from ..layerfusion_core.files.known import DEFAULT_DECODER_FILE, FileKind
 from ..layerfusion_core.models.transparent_vae import pixel_size
+from .checks import check_decoder
 from .file_widgets import auto_download_input, check_layer_choice, default_choice, layer_file_choices
 from .schema import layerfusion_schema
 from .types import DecoderType
-from .widgets import output
-
-
-def check_decoder(decoder: Any) -> None:
-    """TypeError naming ``decoder`` unless it is the transparent decoder loader's output."""
-    if not isinstance(decoder, LoadedDecoder) and not hasattr(getattr(decoder, "patcher", None), "model"):
-        raise TypeError(
-            f"decoder: expected the output of LayerFusionTransparentDecoderLoader, got {type(decoder).__name__}"
-        )
+from .widgets import output, transparent_decode_inputs
 
 
 def check_decode_inputs(decoder: Any, latent: Any, image: Any) -> torch.Tensor:
@@ -56,25 +49,6 @@ def check_decode_inputs(decoder: Any, latent: Any, image: Any) -> torch.Tensor:
             "the VAE decode of this same FG latent, uncropped and unscaled"
         )
     return samples
-
-
-def transparent_decode_inputs() -> list:
-    """The transparent decode's own widgets: tta, sub_batch."""
-    return [
-        io.Boolean.Input(
-            "tta",
-            default=True,
-            tooltip="Test-time augmentation: decode the 8 flips/rotations and take the per-pixel "
-            "median (cleaner alpha, 8x the time).",
-        ),
-        io.Int.Input(
-            "sub_batch",
-            default=1,
-            min=1,
-            max=64,
-            tooltip="Images decoded together; higher is faster on a large GPU, 1 needs the least memory.",
-        ),
-    ]
 
 
 class LayerFusionTransparentDecoderLoader(io.ComfyNode):

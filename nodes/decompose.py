@@ -7,15 +7,20 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..layerfusion_core.comfy_runtime import SamplerSettings
 from ..layerfusion_core.comfy_runtime.decomposing import decompose
 from ..layerfusion_core.layers.bundle import BLENDED_KEY
-from ..layerfusion_core.options import LayoutOptions, PriorOptions
-from .layers import bundle_outputs, layout_options_input
-from .sampler import latent_like, model_inputs, run_option_inputs, run_options
+from ..layerfusion_core.layers.prompts import LayeredPrompts
 from .schema import layerfusion_schema
 from .types import LayerPromptsType
-from .widgets import sampler_settings_inputs
+from .widgets import (
+    bundle_outputs,
+    latent_like,
+    layout_options_input,
+    model_inputs,
+    run_option_inputs,
+    run_settings,
+    sampler_settings_inputs,
+)
 
 
 class LayerFusionDecompose(io.ComfyNode):
@@ -66,19 +71,13 @@ class LayerFusionDecompose(io.ComfyNode):
         bg,
         image_prompt,
         negative,
-        shared_noise: bool = True,
-        prior_options: PriorOptions | None = None,
-        blend_options=None,
-        layout_options: LayoutOptions | None = None,
-        **sampler_settings: Any,
+        **run: Any,
     ) -> io.NodeOutput:
-        """``sampler_settings``: the ``sampler_settings_inputs`` widgets, SamplerSettings' fields."""
+        """``run``: the sampler settings widgets and the option sockets (``run_settings``)."""
         if not callable(getattr(vae, "encode", None)):
             raise TypeError(f"vae: expected a VAE, got {type(vae).__name__}")
-        options = run_options(shared_noise, prior_options, blend_options, layout_options)
-        settings = SamplerSettings(**sampler_settings)
-        bundle = decompose(
-            model, fg_weights, vae, image, layers, bg, image_prompt, negative, settings, options
-        )
+        settings, options = run_settings(run)
+        prompts = LayeredPrompts(layers, bg, image_prompt, negative)
+        bundle = decompose(model, fg_weights, vae, image, prompts, settings, options)
         blended = bundle.latents[BLENDED_KEY]
         return io.NodeOutput(bundle, latent_like({"samples": blended}, blended))

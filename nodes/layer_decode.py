@@ -7,12 +7,12 @@ import torch
 from comfy_api.latest import io
 
 from ..layerfusion_core.comfy_runtime.layer_decoding import decode_layers
-from ..layerfusion_core.layers.bundle import BG_KEY, BLENDED_KEY
+from ..layerfusion_core.layers.bundle import BG_KEY, BLENDED_KEY, EFFECTS_KEY
 from ..layerfusion_core.layers.document import check_bundle, check_image_index, fg_batch, layers_document
-from .decoder import check_decoder, transparent_decode_inputs
+from .checks import check_decoder
 from .schema import layerfusion_schema
 from .types import DecoderType, LayerBundleType, LayersDocumentType
-from .widgets import output
+from .widgets import output, transparent_decode_inputs
 
 
 class LayerFusionDecodeLayers(io.ComfyNode):
@@ -65,6 +65,13 @@ class LayerFusionDecodeLayers(io.ComfyNode):
         cls, bundle, vae, decoder, tta: bool, sub_batch: int, document_image: int = 0
     ) -> io.NodeOutput:
         bundle = check_bundle(bundle, "bundle", decoded=False)
+        if EFFECTS_KEY in bundle.images:
+            raise ValueError(
+                "bundle: this bundle was re-harmonised: its moved layers and effects layer are already "
+                "images, and decoding its latents again would undo the move (a resampled layer's latent "
+                "does not give its pixels back). Take LayerFusion Re-harmonize's own outputs (bundle, "
+                "blended, effects, fg_layers, layers) to Save Layers or further"
+            )
         if not callable(getattr(vae, "decode", None)):
             raise TypeError(f"vae: expected a VAE, got {type(vae).__name__}")
         check_decoder(decoder)

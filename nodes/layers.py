@@ -8,37 +8,34 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
-from ..layerfusion_core.comfy_runtime import SamplerSettings
 from ..layerfusion_core.comfy_runtime.conditioning import encode, encode_with_eos
 from ..layerfusion_core.comfy_runtime.layered import sample_layered
 from ..layerfusion_core.layers.bundle import BLENDED_KEY
-from ..layerfusion_core.layers.prompts import MAX_LAYERS, Box, LayerChain, LayerPrompt, check_token_widths
-from ..layerfusion_core.options import BlendOptions, LayoutOptions, PriorOptions
-from .sampler import latent_like, model_inputs, run_option_inputs, run_options
+from ..layerfusion_core.layers.prompts import (
+    MAX_LAYERS,
+    MAX_NAME_LENGTH,
+    Box,
+    LayerChain,
+    LayeredPrompts,
+    LayerPrompt,
+    check_layer_name,
+    check_region_not_empty,
+    check_token_widths,
+)
 from .schema import layerfusion_schema
-from .types import LayerBundleType, LayerPromptsType, LayoutOptionsType
-from .widgets import output, sampler_settings_inputs
+from .types import LayerPromptsType
+from .widgets import (
+    bundle_outputs,
+    latent_like,
+    layout_options_input,
+    model_inputs,
+    output,
+    run_option_inputs,
+    run_settings,
+    sampler_settings_inputs,
+)
 
 MAX_BOX_SIDE = 16384
-
-
-def layout_options_input() -> io.Input:
-    """The optional Layout Options socket of the nodes that make a layer bundle."""
-    return LayoutOptionsType.Input(
-        "layout_options", optional=True, tooltip="From LayerFusion Layout Options (defaults if unset)."
-    )
-
-
-def bundle_outputs(blended_tooltip: str) -> list:
-    """The outputs of the nodes that make a layer bundle: the bundle and the blended latent."""
-    return [
-        output(
-            LayerBundleType,
-            "bundle",
-            "Every layer's latent and masks: decode with LayerFusion Decode Layers.",
-        ),
-        output(io.Latent, "blended_latent", blended_tooltip),
-    ]
 
 
 def box_inputs() -> list:
@@ -75,6 +72,7 @@ def single_mask(mask: Any) -> torch.Tensor | None:
         raise ValueError(f"mask: expected a MASK [1, H, W] or [H, W], got {got}")
     if mask.ndim == 3 and mask.shape[0] != 1:
         raise ValueError(f"mask: expected one mask (a batch of 1), got a batch of {mask.shape[0]}")
+    check_region_not_empty(mask, "mask")
     return mask.reshape(mask.shape[-2:])
 
 
@@ -94,7 +92,8 @@ class LayerFusionLayerPrompt(io.ComfyNode):
                 io.String.Input(
                     "name",
                     default="layer",
-                    tooltip="The layer's name (unique in the chain): file names, PSD and LAYERS names.",
+                    tooltip=f"The layer's name (unique in the chain, at most {MAX_NAME_LENGTH} characters; not bg, "
+                    "blended or effects): file names, PSD and LAYERS names.",
                 ),
                 *box_inputs(),
                 io.Mask.Input(
@@ -118,31 +117,28 @@ class LayerFusionLayerPrompt(io.ComfyNode):
         clip,
         text: str,
         name: str,
-        x: int,
-        y: int,
-        width: int,
-        height: int,
         mask=None,
         layers=None,
+        **box: int,
     ) -> io.NodeOutput:
+        """``box``: the x, y, width, height widgets (``box_inputs``)."""
         if clip is None:
             raise ValueError("clip: expected a CLIP, got None (does the checkpoint contain a text encoder?)")
         if not text.strip():
             raise ValueError("text: expected the layer's prompt, got an empty text")
-        if not name.strip():
-            raise ValueError("name: expected a layer name, got an empty text")
+        name = check_layer_name(name)
         chain = LayerChain() if layers is None else layers
         if not isinstance(chain, LayerChain):
             raise TypeError(
                 f"layers: expected the chain of a LayerFusion Layer Prompt, got {type(chain).__name__}"
             )
-        box, region = layer_box(x, y, width, height), single_mask(mask)
+        box, region = layer_box(box["x"], box["y"], box["width"], box["height"]), single_mask(mask)
         if box is not None and region is not None:
             raise ValueError("mask: a layer takes a box or a mask, not both; set width and height to 0")
         # A layer with a layout also carries the empty prompt: outside its region, early in the
         # run, its cross-attention uses it (the attention couple, Layout Options).
         empty = None if box is None and region is None else encode(clip, "")[0]
-        prompt = LayerPrompt(encode_with_eos(clip, text), text, name.strip(), box, region, empty)
+        prompt = LayerPrompt(encode_with_eos(clip, text), text, name, box, region, empty)
         chain = chain.add(prompt)
         check_token_widths(chain)
         return io.NodeOutput(chain)
@@ -187,17 +183,11 @@ class LayerFusionLayersSampler(io.ComfyNode):
         bg,
         negative,
         latent_image,
-        shared_noise: bool = True,
-        prior_options: PriorOptions | None = None,
-        blend_options: BlendOptions | None = None,
         blended=None,
-        layout_options: LayoutOptions | None = None,
-        **sampler_settings: Any,
+        **run: Any,
     ) -> io.NodeOutput:
-        """``sampler_settings``: the ``sampler_settings_inputs`` widgets, SamplerSettings' fields."""
-        options = run_options(shared_noise, prior_options, blend_options, layout_options)
-        settings = SamplerSettings(**sampler_settings)
-        bundle = sample_layered(
-            model, fg_weights, layers, bg, blended, negative, latent_image, settings, options
-        )
+        """``run``: the sampler settings widgets and the option sockets (``run_settings``)."""
+        settings, options = run_settings(run)
+        prompts = LayeredPrompts(layers, bg, blended, negative)
+        bundle = sample_layered(model, fg_weights, prompts, latent_image, settings, options)
         return io.NodeOutput(bundle, latent_like(latent_image, bundle.latents[BLENDED_KEY]))

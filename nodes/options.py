@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from comfy_api.latest import io
 
 from ..layerfusion_core.options import (
@@ -149,23 +151,14 @@ class LayerFusionMaskBlender(io.ComfyNode):
         )
 
     @classmethod
-    def execute(
-        cls,
-        coefficient,
-        threshold,
-        mode,
-        layers,
-        self_attention,
-        cross_attention,
-        start_percent,
-        end_percent,
-        sharing,
-    ) -> io.NodeOutput:
+    def execute(cls, layers: str, self_attention: bool, cross_attention: bool, **blend: Any) -> io.NodeOutput:
+        """``blend``: coefficient, threshold, mode, start_percent, end_percent, sharing."""
         try:
             layer_set = LayerSet(layers, self_attention, cross_attention)
             options = BlendOptions(
-                coefficient=coefficient, threshold=threshold, mode=BlendMode(mode), layers=layer_set,
-                start_percent=start_percent, end_percent=end_percent, sharing=SharingMode(sharing),
+                coefficient=blend["coefficient"], threshold=blend["threshold"], mode=BlendMode(blend["mode"]),
+                layers=layer_set, start_percent=blend["start_percent"], end_percent=blend["end_percent"],
+                sharing=SharingMode(blend["sharing"]),
             )  # fmt: skip
         except ValueError as err:
             raise ValueError(f"LayerFusionMaskBlender: {err}") from err

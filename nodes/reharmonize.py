@@ -3,8 +3,11 @@ blended image from partway, so shadows and light follow the moved layers (LAYERS
 
 from __future__ import annotations
 
+from typing import Any
+
 from comfy_api.latest import io
 
+from ..layerfusion_core.comfy_runtime.model_identity import check_same_model, check_vae_fits
 from ..layerfusion_core.comfy_runtime.reharmonizing import check_kept, reharmonize
 from ..layerfusion_core.layers.bundle import BLENDED_KEY, EFFECTS_KEY
 from ..layerfusion_core.layers.document import check_bundle, check_image_index, fg_batch, layers_document
@@ -159,29 +162,31 @@ class LayerFusionReharmonize(io.ComfyNode):
         model,
         vae,
         bundle,
-        preset: str,
-        p_start: float,
-        p_end: float,
-        lock_foreground: bool,
-        seed: int,
-        effects_threshold: float,
         document_image: int = 0,
         layers=None,
-        **moves,
+        **widgets: Any,
     ) -> io.NodeOutput:
-        """``moves``: the ``fg<k>_dx/dy/scale/flip_h/flip_v`` widgets."""
+        """``widgets``: preset, p_start, p_end, lock_foreground, seed, effects_threshold and the
+        ``fg<k>_dx/dy/scale/flip_h/flip_v`` moves."""
         bundle = check_bundle(bundle, "bundle", decoded=True)
         check_kept(bundle)
+        check_same_model(model, bundle)
         if not callable(getattr(vae, "decode", None)):
             raise TypeError(f"vae: expected a VAE, got {type(vae).__name__}")
+        check_vae_fits(vae, bundle)
         check_image_index(bundle.num_images, document_image)
-        options = ReharmonizeOptions.from_preset(preset, p_start, p_end, lock_foreground, effects_threshold)
+        options = ReharmonizeOptions.from_preset(
+            *(
+                widgets[name]
+                for name in ("preset", "p_start", "p_end", "lock_foreground", "effects_threshold")
+            )
+        )
         widget_moves = {
-            index: LayerMove(*(moves.get(f"fg{index}_{f}", d) for f, d in LAYER_MOVE_FIELDS))
+            index: LayerMove(*(widgets.get(f"fg{index}_{f}", d) for f, d in LAYER_MOVE_FIELDS))
             for index in range(MOVE_WIDGET_LAYERS)
         }
         placements = bundle_placements(bundle, widget_moves, layers)
-        moved = reharmonize(model, vae, bundle, placements, options, seed)
+        moved = reharmonize(model, vae, bundle, placements, options, widgets["seed"])
         images = moved.images
         return io.NodeOutput(
             moved,

@@ -2,72 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from comfy_api.latest import io
 
-from ..layerfusion_core.comfy_runtime import RunPlan, SamplerSettings, sample_triplet
+from ..layerfusion_core.comfy_runtime import RunPlan, sample_triplet
 from ..layerfusion_core.method.streams import StreamRole
-from ..layerfusion_core.options import (
-    BlendOptions,
-    LayerFusionOptions,
-    LayoutOptions,
-    NoiseOptions,
-    PriorOptions,
-)
 from .schema import layerfusion_schema
-from .types import BlendOptionsType, ForegroundWeightsType, PriorOptionsType
-from .widgets import output, sampler_settings_inputs
-
-
-def model_inputs() -> list:
-    """The samplers' model and FG weights sockets."""
-    return [
-        io.Model.Input("model", tooltip="The SDXL model (not modified: the sampler works on a clone)."),
-        ForegroundWeightsType.Input("fg_weights", tooltip="From LayerFusion Foreground Weights Loader."),
-    ]
-
-
-def run_option_inputs() -> list:
-    """The samplers' run options after the sampler settings: shared_noise, prior_options,
-    blend_options."""
-    return [
-        io.Boolean.Input(
-            "shared_noise",
-            default=True,
-            tooltip="Give the streams of an image the same initial noise and the same per-step noise "
-            "of ancestral/SDE samplers.",
-        ),
-        PriorOptionsType.Input(
-            "prior_options",
-            optional=True,
-            tooltip="From LayerFusion Prior Extractor (defaults if unset).",
-        ),
-        BlendOptionsType.Input(
-            "blend_options",
-            optional=True,
-            tooltip="From LayerFusion Mask Blender (defaults if unset).",
-        ),
-    ]
-
-
-def run_options(
-    shared_noise: bool,
-    prior_options: PriorOptions | None,
-    blend_options: BlendOptions | None,
-    layout_options: LayoutOptions | None = None,
-) -> LayerFusionOptions:
-    """The run's options from the sampler's option inputs (defaults where unconnected)."""
-    return LayerFusionOptions(
-        prior=prior_options or PriorOptions(),
-        blend=blend_options or BlendOptions(),
-        noise=NoiseOptions(share_initial_noise=shared_noise, share_step_noise=shared_noise),
-        layout=layout_options or LayoutOptions(),
-    )
-
-
-def latent_like(latent_image: dict, samples) -> dict:
-    """A LATENT of ``samples`` carrying the input latent's other keys, minus its noise mask
-    (the sampled result needs none)."""
-    return {**{k: v for k, v in latent_image.items() if k != "noise_mask"}, "samples": samples}
+from .widgets import (
+    latent_like,
+    model_inputs,
+    output,
+    run_option_inputs,
+    run_settings,
+    sampler_settings_inputs,
+)
 
 
 class LayerFusionTripletSampler(io.ComfyNode):
@@ -113,19 +62,11 @@ class LayerFusionTripletSampler(io.ComfyNode):
         blended,
         negative,
         latent_image,
-        seed: int,
-        steps: int,
-        cfg: float,
-        sampler_name: str,
-        scheduler: str,
-        denoise: float,
-        shared_noise: bool = True,
-        prior_options: PriorOptions | None = None,
-        blend_options: BlendOptions | None = None,
+        **run: Any,
     ) -> io.NodeOutput:
-        options = run_options(shared_noise, prior_options, blend_options)
+        """``run``: the sampler settings widgets and the option sockets (``run_settings``)."""
+        settings, options = run_settings(run)
         plan = RunPlan.triplet(fg, bg, blended, negative, latent_image, options)
-        settings = SamplerSettings(seed, steps, cfg, sampler_name, scheduler, denoise)
         result = sample_triplet(model, fg_weights, plan, settings)
         latents = [
             latent_like(latent_image, result.latents[role])

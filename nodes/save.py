@@ -32,13 +32,15 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..layerfusion_core.comfy_runtime.saving import LayerFiles, bundle_files, save_layers
+from ..layerfusion_core.files.writing import check_filename_prefix
 from ..layerfusion_core.layers.bundle import LayerBundle
 from ..layerfusion_core.layers.document import check_bundle
-from ..layerfusion_core.layers.psd import check_same_size, import_psd_tools
+from ..layerfusion_core.layers.psd import check_psd_canvas, check_same_size, import_psd_tools
 from .schema import layerfusion_schema
 from .types import LayerBundleType
 
 OTHER_FILES_KEY = "layerfusion_files"  # UI-output key of the saved masks and PSDs
+DEFAULT_PREFIX = "LayerFusion/layers"
 
 
 class SavedLayerFiles(ui.SavedImages):
@@ -57,6 +59,19 @@ def check_layer_inputs(
 ) -> tuple[int, dict[str, torch.Tensor]]:
     """Validate the save node's tensors; return (triplet count, masks as [B, H, W])."""
     images = {"foreground": foreground, "background": background, "blended": blended}
+    _check_images(images)
+    given = _given_masks(masks)
+    batches = {name: t.shape[0] for name, t in {**images, **given}.items()}
+    count = max(batches.values())
+    wrong = {name: b for name, b in batches.items() if b not in (1, count)}
+    if wrong:
+        listed = ", ".join(f"{name} {b}" for name, b in batches.items())
+        raise ValueError(f"batch: expected equal batch sizes (or 1 to reuse one image), got {listed}")
+    return count, given
+
+
+def _check_images(images: dict[str, Any]) -> None:
+    """ValueError naming the input unless foreground is RGBA and background, blended RGB(A)."""
     for name, t in images.items():
         if t is None:
             raise ValueError(
@@ -66,6 +81,7 @@ def check_layer_inputs(
         if not isinstance(t, torch.Tensor) or t.ndim != 4 or 0 in t.shape:
             shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"{name}: expected a non-empty IMAGE [B, H, W, C], got {shape}")
+    foreground = images["foreground"]
     if foreground.shape[-1] != 4:
         raise ValueError(
             f"foreground: expected an RGBA IMAGE with 4 channels, got {foreground.shape[-1]} "
@@ -76,6 +92,10 @@ def check_layer_inputs(
             raise ValueError(
                 f"{name}: expected an RGB (or RGBA) IMAGE, got {images[name].shape[-1]} channels"
             )
+
+
+def _given_masks(masks: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The connected masks as [B, H, W]; ValueError naming one of another shape."""
     given = {}
     for name, m in masks.items():
         if m is None:
@@ -84,13 +104,7 @@ def check_layer_inputs(
             shape = list(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
             raise ValueError(f"{name}: expected a MASK [B, H, W], got {shape}")
         given[name] = m if m.ndim == 3 else m.unsqueeze(0)
-    batches = {name: t.shape[0] for name, t in {**images, **given}.items()}
-    count = max(batches.values())
-    wrong = {name: b for name, b in batches.items() if b not in (1, count)}
-    if wrong:
-        listed = ", ".join(f"{name} {b}" for name, b in batches.items())
-        raise ValueError(f"batch: expected equal batch sizes (or 1 to reuse one image), got {listed}")
-    return count, given
+    return given
 
 
 def check_bundle_inputs(bundle: Any, unused: dict[str, Any]) -> LayerBundle:
@@ -139,9 +153,10 @@ class LayerFusionSaveLayers(io.ComfyNode):
                 ),
                 io.String.Input(
                     "filename_prefix",
-                    default="LayerFusion/layers",
+                    default=DEFAULT_PREFIX,
                     tooltip="Output path prefix inside ComfyUI's output folder; may contain a subfolder and "
-                    "%date% style tokens, as in Save Image.",
+                    "%date% style tokens, as in Save Image. Not empty, no name starting with '.', no control "
+                    'characters and none of < > : " | ? *.',
                 ),
                 io.Boolean.Input(
                     "save_psd",
@@ -174,6 +189,7 @@ class LayerFusionSaveLayers(io.ComfyNode):
         hard_mask=None,
         bundle=None,
     ) -> io.NodeOutput:
+        check_filename_prefix(filename_prefix, "filename_prefix", DEFAULT_PREFIX)
         masks = {"soft_mask": soft_mask, "hard_mask": hard_mask}
         if bundle is not None:
             unused = {"foreground": foreground, "background": background, "blended": blended, **masks}
@@ -182,9 +198,12 @@ class LayerFusionSaveLayers(io.ComfyNode):
         else:
             count, given = check_layer_inputs(foreground, background, blended, masks)
             files = LayerFiles.triplet(foreground, background, blended, given, save_psd)
-        if files.psd:
-            import_psd_tools()  # fail before writing anything when psd-tools is missing
-            check_same_size([(name, tuple(files.shown[key].shape[2:0:-1])) for name, key, _ in files.psd])
+        if files.psd:  # fail before writing anything: psd-tools missing, sizes a PSD cannot hold
+            import_psd_tools()
+            check_psd_canvas(
+                check_same_size([(name, tuple(files.shown[key].shape[2:0:-1])) for name, key, _ in files.psd])
+            )
+        # Every file name's length is checked in save_layers, before any file is written.
         shown, others = save_layers(cls, count, files, filename_prefix)
         # The masks and PSDs are reported too (under their own key, which the browser does not
         # display), so API clients such as the headless command fetch every saved file.

@@ -1,6 +1,8 @@
-// LayerFusion layer preview: shows what LayerFusion Save Layers wrote (FG with its
-// transparency on a checkerboard, BG, BLENDED, and the soft/hard masks when they were saved)
-// inside the node, with one toggle button per layer.
+// LayerFusion layer preview: shows what LayerFusion Save Layers wrote inside the node, one
+// toggle button per layer: for a triplet FG (its transparency on a checkerboard), BG, BLENDED
+// and the soft/hard masks when they were saved; for a layer bundle (Decode Layers or
+// Re-harmonize) each FG layer by its name, back to front, then BG, BLENDED, the effects layer of
+// a re-harmonised bundle, and the soft/hard masks of the FG layer shown last.
 //
 // Display only: the node saves its files without this script, the preview widget stores no
 // value in the workflow, and it is never sent to the server.
@@ -10,18 +12,19 @@ import { api } from "../../scripts/api.js";
 
 const NODE_ID = "LayerFusionSaveLayers";
 const WIDGET_NAME = "layerfusion_preview";
-// Suffixes LayerFusionSaveLayers gives the files of one triplet (<prefix>_NNNNN_<suffix>.png).
-// The node reports fg, bg and blended in its UI output; the masks exist only when their
-// inputs were connected, so they are loaded only then, and their buttons stay disabled
-// otherwise.
-const LAYERS = [
-  { key: "fg", label: "FG", reported: true },
-  { key: "bg", label: "BG", reported: true },
-  { key: "blended", label: "BLENDED", reported: true },
-  { key: "soft_mask", label: "SOFT MASK", reported: false },
-  { key: "hard_mask", label: "HARD MASK", reported: false },
+// Save Layers names the files of one image <stem>_<suffix>.png, <stem> = <prefix>_NNNNN.
+// It reports the layers' PNGs in its UI output (`images`, in order: a triplet's fg, bg,
+// blended; a bundle's fg<k>[_<name>] back to front, bg, blended, effects) and its other files
+// (masks, PSD) under OTHER_FILES. Every image has exactly one _bg.png: it gives the stems.
+const OTHER_FILES = "layerfusion_files";
+const BG_NAME = /^(.*_\d{5,})_bg\.png$/;
+const FG_LAYER = /^fg(\d+)(?:_(.+))?$/;
+const BASE_LAYERS = { fg: "FG", bg: "BG", blended: "BLENDED", effects: "EFFECTS" };
+const MASKS = [
+  { key: "soft_mask", label: "SOFT MASK" },
+  { key: "hard_mask", label: "HARD MASK" },
 ];
-const REPORTED_NAME = /^(.*)_(fg|bg|blended)\.png$/;
+const TRIPLET_KEYS = ["fg", "bg", "blended"];
 const CHECKER_SIZE = 8;
 const CHECKER_LIGHT = "#d0d0d0";
 const CHECKER_DARK = "#8c8c8c";
@@ -56,26 +59,65 @@ function viewUrl(file) {
   return api.apiURL(`/view?${params}${app.getRandParam?.() ?? ""}`);
 }
 
-/** Group the node's reported images into triplets: [{stem, files: {fg, bg, blended, soft_mask, hard_mask}}]. */
-export function groupTriplets(images) {
-  const triplets = new Map();
-  for (const image of images ?? []) {
-    const match = REPORTED_NAME.exec(image?.filename ?? "");
-    if (!match) continue;
-    const stem = match[1];
-    const id = `${image.type}/${image.subfolder}/${stem}`;
-    if (!triplets.has(id)) {
-      const files = {};
-      for (const layer of LAYERS) {
-        if (!layer.reported) {
-          files[layer.key] = { ...image, filename: `${stem}_${layer.key}.png` };
-        }
-      }
-      triplets.set(id, { stem, files });
-    }
-    triplets.get(id).files[match[2]] = image;
+function folderOf(file) {
+  return `${file?.type ?? "output"}/${file?.subfolder ?? ""}`;
+}
+
+/** The layer a reported file suffix names: {key, label, title, fg} or null. */
+function layerOf(suffix) {
+  const fg = FG_LAYER.exec(suffix);
+  if (fg) {
+    const name = fg[2] ?? "";
+    return { key: `fg${fg[1]}`, label: name || `FG${fg[1]}`, title: `FG layer ${fg[1]}${name ? `: ${name}` : ""}`, fg: true };
   }
-  return [...triplets.values()];
+  if (Object.hasOwn(BASE_LAYERS, suffix)) {
+    return { key: suffix, label: BASE_LAYERS[suffix], title: suffix, fg: suffix === "fg" };
+  }
+  return null;
+}
+
+/**
+ * Group the node's output into one entry per saved image:
+ * [{stem, kind: "triplet" | "bundle", layers: [{key, label, title, fg, file}], masks: {fgKey: {soft_mask, hard_mask}}}].
+ * ``images``: the reported layer PNGs; ``others``: the other saved files (null when the output
+ * does not list them: then a bundle's masks are taken as saved, a triplet's as unknown).
+ */
+export function groupLayerFiles(images, others) {
+  let groups = [];
+  for (const image of images ?? []) {
+    const match = BG_NAME.exec(image?.filename ?? "");
+    if (match) groups.push({ stem: match[1], folder: folderOf(image), kind: "triplet", layers: [], masks: {} });
+  }
+  // A layer whose name ends like "_00002_bg" is a file of another image's stem, not a stem.
+  groups = groups.filter(
+    (g) => !groups.some((other) => other !== g && other.folder === g.folder && g.stem.startsWith(`${other.stem}_`))
+  );
+  const byLength = [...groups].sort((a, b) => b.stem.length - a.stem.length);
+  const groupOf = (file) =>
+    byLength.find((g) => g.folder === folderOf(file) && file.filename.startsWith(`${g.stem}_`));
+  for (const image of images ?? []) {
+    const filename = image?.filename ?? "";
+    if (!filename.endsWith(".png")) continue;
+    const group = groupOf(image);
+    if (!group) continue;
+    const layer = layerOf(filename.slice(group.stem.length + 1, -".png".length));
+    if (!layer || group.layers.some((l) => l.key === layer.key)) continue;
+    if (layer.fg && layer.key !== "fg") group.kind = "bundle";
+    group.layers.push({ ...layer, file: image });
+  }
+  const saved = others ? new Set(others.map((file) => `${folderOf(file)}/${file.filename}`)) : null;
+  for (const group of groups) {
+    for (const layer of group.layers.filter((l) => l.fg)) {
+      const prefix = layer.key === "fg" ? group.stem : layer.file.filename.slice(0, -".png".length);
+      group.masks[layer.key] = {};
+      for (const mask of MASKS) {
+        const file = { ...layer.file, filename: `${prefix}_${mask.key}.png` };
+        const known = saved ? saved.has(`${group.folder}/${file.filename}`) : group.kind === "bundle" ? true : null;
+        group.masks[layer.key][mask.key] = known === false ? null : { file, known };
+      }
+    }
+  }
+  return groups.filter((group) => group.layers.length);
 }
 
 function loadImage(url) {
@@ -90,9 +132,10 @@ function loadImage(url) {
 class LayerPreview {
   constructor(node) {
     this.node = node;
-    this.triplets = [];
+    this.groups = [];
     this.index = 0;
     this.layer = "fg";
+    this.maskLayer = "fg"; // the FG layer whose masks the mask buttons show
     this.images = {};
     this.generation = 0;
 
@@ -101,30 +144,20 @@ class LayerPreview {
     this.element.dataset.state = "empty";
     this.element.dataset.layer = this.layer;
 
-    const bar = document.createElement("div");
-    bar.className = "layerfusion-preview-bar";
+    this.bar = document.createElement("div");
+    this.bar.className = "layerfusion-preview-bar";
     this.buttons = {};
-    for (const layer of LAYERS) {
-      const button = document.createElement("button");
-      button.type = "button";
-      button.textContent = layer.label;
-      button.dataset.layer = layer.key;
-      button.disabled = true;
-      button.setAttribute("aria-pressed", String(layer.key === this.layer));
-      button.addEventListener("click", () => this.show(layer.key));
-      this.buttons[layer.key] = button;
-      bar.append(button);
-    }
     this.prevButton = this.navButton("◀", -1);
     this.nextButton = this.navButton("▶", 1);
     this.info = document.createElement("span");
     this.info.className = "layerfusion-preview-info";
     this.info.textContent = "run the workflow to preview its layers";
-    bar.append(this.prevButton, this.nextButton, this.info);
+    this.bar.append(this.prevButton, this.nextButton, this.info);
+    this.setButtons(TRIPLET_KEYS.map((key) => layerOf(key)));
 
     this.canvas = document.createElement("canvas");
     this.canvas.className = "layerfusion-preview-canvas";
-    this.element.append(bar, this.canvas);
+    this.element.append(this.bar, this.canvas);
 
     this.resizeObserver = new ResizeObserver(() => this.draw());
     this.resizeObserver.observe(this.canvas);
@@ -139,56 +172,101 @@ class LayerPreview {
     return button;
   }
 
-  setOutput(images) {
-    this.triplets = groupTriplets(images);
-    if (this.triplets.length) {
+  /** One button per layer, then the mask buttons; all disabled until their image loads. */
+  setButtons(layers) {
+    const entries = [...layers, ...MASKS.map((m) => ({ ...m, title: m.key }))];
+    const signature = entries.map((e) => `${e.key}=${e.label}`).join("|");
+    if (signature === this.buttonSignature) return;
+    this.buttonSignature = signature;
+    Object.values(this.buttons).forEach((button) => button.remove());
+    this.buttons = {};
+    for (const entry of entries) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = entry.label;
+      button.title = entry.title ?? entry.label;
+      button.dataset.layer = entry.key;
+      button.disabled = true;
+      button.setAttribute("aria-pressed", String(entry.key === this.layer));
+      button.addEventListener("click", () => this.show(entry.key));
+      this.buttons[entry.key] = button;
+      this.bar.insertBefore(button, this.prevButton);
+    }
+  }
+
+  setOutput(output) {
+    const others = Array.isArray(output?.[OTHER_FILES]) ? output[OTHER_FILES] : null;
+    this.groups = groupLayerFiles(output?.images, others);
+    if (this.groups.length) {
       this.select(0);
       return;
     }
     this.generation++;
     this.images = {};
+    this.setButtons(TRIPLET_KEYS.map((key) => layerOf(key)));
     Object.values(this.buttons).forEach((button) => (button.disabled = true));
     this.element.dataset.state = "empty";
     this.show("fg");
   }
 
   async select(index) {
-    if (!this.triplets.length) return;
-    this.index = (index + this.triplets.length) % this.triplets.length;
+    if (!this.groups.length) return;
+    this.index = (index + this.groups.length) % this.groups.length;
     const generation = ++this.generation;
-    const triplet = this.triplets[this.index];
+    const group = this.groups[this.index];
     this.element.dataset.state = "loading";
-    const loaded = await Promise.all(
-      LAYERS.map((layer) =>
-        layer.reported || this.inputConnected(layer.key) ? loadImage(viewUrl(triplet.files[layer.key])) : null
-      )
-    );
+    const wanted = group.layers.map((layer) => [layer.key, layer.file]);
+    for (const [fgKey, masks] of Object.entries(group.masks)) {
+      for (const mask of MASKS) {
+        const entry = masks[mask.key];
+        // A triplet's masks are saved when their inputs are connected (older outputs do not list them).
+        if (entry && (entry.known !== null || this.inputConnected(mask.key))) {
+          wanted.push([`${fgKey}:${mask.key}`, entry.file]);
+        }
+      }
+    }
+    const loaded = await Promise.all(wanted.map(([, file]) => loadImage(viewUrl(file))));
     if (generation !== this.generation) return; // a newer output arrived meanwhile
     this.images = {};
-    LAYERS.forEach((layer, i) => {
-      this.images[layer.key] = loaded[i];
-      this.buttons[layer.key].disabled = !loaded[i];
-    });
-    const multiple = this.triplets.length > 1;
+    wanted.forEach(([key], i) => (this.images[key] = loaded[i]));
+    this.setButtons(group.layers);
+    for (const layer of group.layers) this.buttons[layer.key].disabled = !this.images[layer.key];
+    const multiple = this.groups.length > 1;
     this.prevButton.hidden = !multiple;
     this.nextButton.hidden = !multiple;
-    this.element.dataset.state = this.images.fg || this.images.bg || this.images.blended ? "ready" : "error";
-    this.element.dataset.triplet = triplet.stem;
-    this.show(this.images[this.layer] ? this.layer : "fg");
+    this.element.dataset.state = group.layers.some((layer) => this.images[layer.key]) ? "ready" : "error";
+    this.element.dataset.kind = group.kind;
+    this.element.dataset.triplet = group.stem;
+    const fgKeys = group.layers.filter((layer) => layer.fg).map((layer) => layer.key);
+    if (!fgKeys.includes(this.maskLayer)) this.maskLayer = fgKeys[0] ?? "fg";
+    // Stay on the layer shown (stepping through a batch), else the first one that loaded.
+    const first = group.layers.find((layer) => this.images[layer.key])?.key ?? group.layers[0].key;
+    this.show(this.buttons[this.layer] && this.imageFor(this.layer) ? this.layer : first);
   }
 
   inputConnected(name) {
     return this.node.inputs?.find((input) => input.name === name)?.link != null;
   }
 
+  /** The image a button shows: a layer's own, or the mask of the FG layer shown last. */
+  imageFor(key) {
+    return MASKS.some((mask) => mask.key === key) ? this.images[`${this.maskLayer}:${key}`] : this.images[key];
+  }
+
   show(key) {
     this.layer = key;
+    const group = this.groups[this.index];
+    if (group?.layers.some((layer) => layer.key === key && layer.fg)) this.maskLayer = key;
     this.element.dataset.layer = key;
+    this.element.dataset.maskLayer = this.maskLayer;
     for (const [name, button] of Object.entries(this.buttons)) {
       button.setAttribute("aria-pressed", String(name === key));
     }
-    const image = this.images[key];
-    const count = this.triplets.length;
+    for (const mask of MASKS) {
+      if (this.buttons[mask.key]) this.buttons[mask.key].disabled = !this.imageFor(mask.key);
+    }
+    const image = this.imageFor(key);
+    const count = this.groups.length;
     const position = count > 1 ? ` · ${this.index + 1}/${count}` : "";
     this.info.textContent = image ? `${image.naturalWidth}×${image.naturalHeight}${position}` : "";
     this.draw();
@@ -206,7 +284,7 @@ class LayerPreview {
     const ctx = canvas.getContext("2d");
     ctx.clearRect(0, 0, width, height);
     this.drawnRect = null;
-    const image = this.images[this.layer];
+    const image = this.imageFor(this.layer);
     if (!image) return;
     const scale = Math.min(width / image.naturalWidth, height / image.naturalHeight);
     const w = Math.max(1, Math.round(image.naturalWidth * scale));
@@ -253,6 +331,9 @@ app.registerExtension({
       });
       widget.serialize = false;
       widget.computeLayoutSize = () => ({ minHeight: MIN_HEIGHT, minWidth: 1 });
+      // The frontend's own output gallery would show the same PNGs again under the preview
+      // (Nodes 2.0 honours this flag; the classic canvas is handled in onDrawBackground below).
+      this.hideOutputImages = true;
       this.layerfusionPreview = preview;
       const onRemoved = this.onRemoved;
       this.onRemoved = function () {
@@ -265,7 +346,7 @@ app.registerExtension({
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (output) {
       const result = onExecuted?.apply(this, arguments);
-      this.layerfusionPreview?.setOutput(output?.images);
+      this.layerfusionPreview?.setOutput(output);
       return result;
     };
 

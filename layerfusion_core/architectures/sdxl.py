@@ -81,24 +81,35 @@ class UNetLayout:
         return self.blocks[-1]
 
 
-def build_layout(
-    name: str,
-    model_channels: int,
-    channel_mult: Sequence[int],
-    num_res_blocks: Sequence[int],
-    transformer_depth: Sequence[int],
-    transformer_depth_output: Sequence[int],
-    transformer_depth_middle: int,
-    context_dim: int,
-    num_head_channels: int = 64,
-    num_heads: int = -1,
-) -> UNetLayout:
-    """Transformer blocks of a UNet of ComfyUI's openaimodel family, in execution order.
+@dataclass(frozen=True)
+class UNetShape:
+    """What decides where a UNet of ComfyUI's openaimodel family has its transformer blocks.
 
     ``transformer_depth`` has one entry per input res-block (level-major);
     ``transformer_depth_output`` one per output res-block, consumed from the end, as the
-    UNet builds its decoder deepest level first.
-    """
+    UNet builds its decoder deepest level first."""
+
+    model_channels: int
+    channel_mult: Sequence[int]
+    num_res_blocks: Sequence[int]
+    transformer_depth: Sequence[int]
+    transformer_depth_output: Sequence[int]
+    transformer_depth_middle: int
+    context_dim: int
+    num_head_channels: int = 64
+    num_heads: int = -1
+
+
+def build_layout(name: str, shape: UNetShape) -> UNetLayout:
+    """Transformer blocks of a UNet of ``shape``, in execution order."""
+    model_channels, channel_mult, num_res_blocks = (
+        shape.model_channels,
+        shape.channel_mult,
+        shape.num_res_blocks,
+    )
+    context_dim, num_head_channels, num_heads = shape.context_dim, shape.num_head_channels, shape.num_heads
+    transformer_depth, transformer_depth_output = shape.transformer_depth, shape.transformer_depth_output
+    transformer_depth_middle = shape.transformer_depth_middle
 
     def heads_for(ch: int) -> int:
         return ch // num_head_channels if num_heads == -1 else num_heads
@@ -169,8 +180,7 @@ def layout_from_unet_config(unet_config: dict[str, Any], name: str = "model") ->
     if isinstance(depth, int):
         depth = [depth] * sum(num_res)
     depth_out = unet_config.get("transformer_depth_output", [0] * sum(n + 1 for n in num_res))
-    return build_layout(
-        name,
+    shape = UNetShape(
         unet_config["model_channels"],
         unet_config["channel_mult"],
         num_res,
@@ -181,10 +191,10 @@ def layout_from_unet_config(unet_config: dict[str, Any], name: str = "model") ->
         unet_config.get("num_head_channels", 64),
         unet_config.get("num_heads", -1),
     )
+    return build_layout(name, shape)
 
 
-SDXL = build_layout(
-    "SDXL",
+SDXL_SHAPE = UNetShape(
     model_channels=320,
     channel_mult=(1, 2, 4),
     num_res_blocks=(2, 2, 2),
@@ -194,4 +204,5 @@ SDXL = build_layout(
     context_dim=2048,
     num_head_channels=64,
 )
+SDXL = build_layout("SDXL", SDXL_SHAPE)
 """SDXL's 70 transformer blocks (560 attention projections)."""

@@ -12,12 +12,13 @@ Also: the EOS index of a prompt, read from the CLIP's own tokenizer (``encode``,
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
+from ..formats import Conditioning
+from ..layers.prompts import common_token_length
 from ..method.streams import Stream, StreamSet
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,10 @@ EOS_KEY = "layerfusion_eos_index"
 SIZE_KEYS = ("width", "height", "crop_w", "crop_h", "target_width", "target_height")
 STACKABLE_KEYS = frozenset({"pooled_output", EOS_KEY, *SIZE_KEYS})
 
-Conditioning = list[list[Any]]
 
-
-def _single_entry(name: str, conditioning: Conditioning) -> tuple[torch.Tensor, dict[str, Any]]:
+def single_entry(name: str, conditioning: Conditioning) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The one entry of a stream's CONDITIONING, (tensor [1, T, C], extras); ValueError naming
+    ``name`` for several entries, another shape, or keys that cannot be stacked per stream."""
     if not isinstance(conditioning, list) or not conditioning:
         raise ValueError(
             f"{name}: expected a CONDITIONING (a non-empty list of entries), got {type(conditioning).__name__}"
@@ -67,12 +68,13 @@ def eos_index_of(conditioning: Conditioning) -> int | None:
 
 def _stack_rows(entries: list[tuple[str, tuple[torch.Tensor, dict]]], num_images: int) -> Conditioning:
     """One CONDITIONING whose rows are ``entries`` (named, in row order) repeated per image:
-    token lengths padded by repetition to their least common multiple, pooled outputs
+    token lengths padded by repetition to their least common multiple (refused, naming each
+    entry's length, when that is far beyond the longest), pooled outputs
     stacked alike, the size keys taken from the first entry."""
     widths = {name: t.shape[2] for name, (t, _) in entries}
     if len(set(widths.values())) != 1:
         raise ValueError(f"conditionings have different channel widths: {widths}")
-    tokens = math.lcm(*(t.shape[1] for _, (t, _) in entries))
+    tokens = common_token_length({name: t.shape[1] for name, (t, _) in entries})
     stacked = torch.cat([repeat_to_tokens(t, tokens) for _, (t, _) in entries], dim=0).repeat(
         num_images, 1, 1
     )
@@ -103,7 +105,7 @@ def _entries(
     prompts: Mapping[Stream, Conditioning], streams: tuple[Stream, ...], stream_set: StreamSet
 ) -> list[tuple[str, tuple[torch.Tensor, dict]]]:
     named = {s: stream_set.name(s) for s in streams}
-    checked = {s: _single_entry(f"{named[s]} conditioning", prompts[s]) for s in dict.fromkeys(streams)}
+    checked = {s: single_entry(f"{named[s]} conditioning", prompts[s]) for s in dict.fromkeys(streams)}
     return [(named[s], checked[s]) for s in streams]
 
 
@@ -129,7 +131,7 @@ def concat_conditionings(parts: list[Conditioning], names: list[str]) -> Conditi
     """One entry whose tokens are the parts' tokens one after the other (as ComfyUI's
     ConditioningConcat does), with the last part's pooled output and size keys: the default
     BLENDED prompt of a layered run, "<fg_0>, ..., <fg_K-1>, <bg>" in embedding form."""
-    entries = [_single_entry(f"{name} conditioning", part) for name, part in zip(names, parts, strict=True)]
+    entries = [single_entry(f"{name} conditioning", part) for name, part in zip(names, parts, strict=True)]
     widths = {name: t.shape[2] for name, (t, _) in zip(names, entries, strict=True)}
     if len(set(widths.values())) != 1:
         raise ValueError(f"conditionings have different channel widths: {widths}")

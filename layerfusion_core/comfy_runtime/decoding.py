@@ -18,6 +18,8 @@ def decode_rgba(
     import comfy.model_management as mm
     import comfy.utils
 
+    if isinstance(sub_batch, bool) or not isinstance(sub_batch, int) or sub_batch < 1:
+        raise ValueError(f"sub_batch: expected a whole number of images of at least 1, got {sub_batch!r}")
     batch, height, width = image.shape[:3]
     mm.load_models_gpu(
         [decoder.patcher],

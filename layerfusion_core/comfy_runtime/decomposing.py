@@ -11,20 +11,21 @@ from dataclasses import replace
 
 import torch
 
+from ..formats import LATENT_CELL, RGB
 from ..layers.bundle import LayerBundle
-from ..layers.prompts import LATENT_CELL, LayerChain
+from ..layers.prompts import LayeredPrompts
 from ..method.latent_pins import Pin
-from ..method.run_plan import Conditioning, SamplerSettings
+from ..method.run_plan import RunPolicy, SamplerSettings
 from ..method.streams import Stream, StreamRole
 from ..models.fg_weights import ForegroundWeights
 from ..options import BlendMode, LayerFusionOptions
+from .conditioning import single_entry
 from .inversion import invert
 from .layered import layer_bundle, layered_plan
+from .model_identity import model_fingerprint
 from .progress import StepObserver, check_state_visible
 from .row_sampling import schedule
 from .sampling import sample_layers
-
-RGB = 3
 
 
 def check_image(image, name: str = "image") -> None:
@@ -65,16 +66,13 @@ def decompose(
     weights: ForegroundWeights | None,
     vae,
     image: torch.Tensor,
-    chain: LayerChain,
-    bg: Conditioning,
-    image_prompt: Conditioning,
-    negative: Conditioning,
+    prompts: LayeredPrompts,
     settings: SamplerSettings,
     options: LayerFusionOptions,
     observers: tuple[StepObserver, ...] = (),
 ) -> LayerBundle:
     """The layers of every image of ``image`` [N, H, W, 3]: the chain's FG layers, BG behind
-    them and BLENDED (the image's reconstruction)."""
+    them and BLENDED (the image's reconstruction); ``prompts.blended`` is the image's prompt."""
     check_image(image)
     if options.blend.mode != BlendMode.GENERATIVE:
         raise ValueError(
@@ -85,10 +83,13 @@ def decompose(
         raise ValueError(
             f"denoise: expected a denoise above 0 (the part of the schedule inverted), got {settings.denoise}"
         )
+    image_prompt = prompts.blended
+    single_entry("image_prompt", image_prompt)  # named as the node's input, not as the blended stream
     latent = encode_image(vae, image)
-    plan = layered_plan(chain, bg, image_prompt, negative, {"samples": latent}, options)
+    plan = layered_plan(prompts, {"samples": latent}, options)
     sigmas = schedule(model, settings.steps, settings.sampler_name, settings.scheduler, settings.denoise)
-    path = invert(model, image_prompt, negative, latent, sigmas)
+    path = invert(model, image_prompt, prompts.negative, latent, sigmas)
     pinned = Pin(Stream(StreamRole.BLENDED), path.at)
-    plan = replace(plan, pins=(pinned,), start=path.start, decompose=True)
-    return layer_bundle(chain, plan, sample_layers(model, weights, plan, settings, observers), settings)
+    plan = replace(plan, pins=(pinned,), start=path.start, policy=RunPolicy.decomposition())
+    result = sample_layers(model, weights, plan, settings, observers)
+    return layer_bundle(prompts.chain, plan, result, settings, model_fingerprint(model))

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..method.run_plan import Conditioning
+from ..formats import Conditioning
 from .progress import StepObserver
-from .row_sampling import sample_rows
+from .row_sampling import RowGuidance, sample_rows
 
 FLIPPED_ZERO = 1e-4  # what a flipped schedule's leading 0 becomes (ComfyUI's FlipSigmas)
 INVERSION_SAMPLER = "euler"
@@ -72,9 +72,8 @@ def invert(
     def keep(step: int, sigma: float, x: torch.Tensor) -> None:
         states.append(to_latent(x.detach().float().clone()).cpu())
 
-    top = sample_rows(
-        model, positive, negative, latent, up, INVERSION_CFG, INVERSION_SAMPLER, 0, (), (keep, *observers)
-    )
+    guidance = RowGuidance(positive, negative, INVERSION_CFG, INVERSION_SAMPLER)
+    top = sample_rows(model, guidance, latent, up, (), (keep, *observers))
     states[0] = latent.detach().float().cpu()  # the state "at 1e-4" is the input itself
     states.append(top.float().cpu())
     levels = [float(s) for s in sigmas]

@@ -16,21 +16,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from ..architectures.sdxl import UNetLayout
 from ..method.controller import LayerFusionController, Phase
-from ..method.latent_pins import LatentEdits
-from ..method.streams import CallLayout, Stream, StreamRole, StreamSet
+from ..method.streams import CallLayout, Stream, StreamRole
 from ..models.fg_weights import ForegroundWeights
 from ..models.row_deltas import RowDelta, RowSelection, make_row_delta_module
-from ..options import BlockKey, LayerFusionOptions
+from ..options import BlockKey
 from .attention_hooks import PHASE_KEY, AttentionHooks, PriorPassComplete
 from .casting import cast_weight_bias
 from .memory import RunMemory, attention_row_factor
+from .run_inputs import RunInputs
 
 log = logging.getLogger(__name__)
 
@@ -52,37 +50,26 @@ def _comfy():
 class LayerFusionPatch:
     """Everything one LayerFusion sampling run registers on its model clone."""
 
-    def __init__(
-        self,
-        controller: LayerFusionController,
-        unet: UNetLayout,
-        stream_set: StreamSet,
-        prior_positive: list,
-        window: tuple[float, float],
-        prior_latent: torch.Tensor | None = None,
-        prior_mask: torch.Tensor | None = None,
-        edits: LatentEdits | None = None,
-        couple: tuple[Mapping[Stream, torch.Tensor], float] | None = None,
-    ) -> None:
+    def __init__(self, controller: LayerFusionController, inputs: RunInputs) -> None:
         self.controller = controller
-        self.unet = unet
-        self.stream_set = stream_set
-        self.prior_positive = prior_positive  # FG-only positive CONDITIONING (batch N)
+        self.unet = inputs.unet
+        self.stream_set = inputs.plan.stream_set
+        self.prior_positive = inputs.prior_positive  # FG-only positive CONDITIONING (batch N)
         # The FG rows' latent image [N, C, h, w] and noise mask, which the main call's conds
         # are built from too (inpainting models concatenate them to the UNet input).
-        self.prior_latent = prior_latent
-        self.prior_mask = prior_mask
-        self.window = window  # (sigma_start, sigma_end): blending is active in between
-        self.edits = edits  # the paste and pins applied to the latent at each evaluation
+        self.prior_latent = inputs.prior_latent
+        self.prior_mask = inputs.prior_mask
+        self.window_sigmas = inputs.window_sigmas  # (sigma_start, sigma_end): blending is active in between
+        self.edits = inputs.edits  # the paste and pins applied to the latent at each evaluation
         self.rows = RowSelection()
         self.deltas: list[RowDelta] = []
         # The attention couple: each coupled FG stream's empty-prompt context [1, T, C], and the
         # sigma down to which it applies.
-        self.empty_contexts, self.couple_sigma = couple or ({}, float("inf"))
+        self.empty_contexts, self.couple_sigma = inputs.couple or ({}, float("inf"))
         self._empty_keys: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.model = None
         self.hooks = AttentionHooks(
-            controller, unet, lambda: self.layout, self._context_keys if self.empty_contexts else None
+            controller, self.unet, lambda: self.layout, self._context_keys if self.empty_contexts else None
         )
         self._warned_layout = False
         self.reset()
@@ -111,21 +98,22 @@ class LayerFusionPatch:
         if cached is None:
             path = f"diffusion_model.{self.unet.by_key[block].ldm_path}.attn2"
             context = self.empty_contexts[stream].to(like.device, like.dtype)
-            saved = self.rows.indices
+            saved = self.rows.indices, self.rows.positions
             self.rows.indices = torch.zeros(1, dtype=torch.long, device=like.device)
+            self.rows.positions = (0,)
             try:
                 cached = tuple(
                     self.model.get_model_object(f"{path}.{name}")(context) for name in ("to_k", "to_v")
                 )
             finally:
-                self.rows.indices = saved
+                self.rows.indices, self.rows.positions = saved
             self._empty_keys[key] = cached
         return cached
 
     def release(self, *_: Any) -> None:
         for delta in self.deltas:
             delta.release()
-        self.rows.indices = None
+        self.rows.indices = self.rows.positions = None
         self.processed_prior = None
         self.patcher = None
 
@@ -171,13 +159,14 @@ class LayerFusionPatch:
         self.layout = self._layout_of(transformer_options.get("cond_or_uncond"), x.shape[0], phase)
         if self.layout is not None:
             self.rows.indices = self.layout.role_tensor(StreamRole.FG, x.device)
+            self.rows.positions = self.layout.role_rows(StreamRole.FG)
         # ComfyUI weight hooks can swap weights between calls: merged copies would be stale.
         self.rows.merge_allowed = getattr(self.patcher, "current_hooks", None) is None
         try:
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         finally:
             self.layout = None
-            self.rows.indices = None
+            self.rows.indices = self.rows.positions = None
 
     def _layout_of(self, cond_or_uncond, batch: int, phase) -> CallLayout | None:
         try:
@@ -196,10 +185,11 @@ class LayerFusionPatch:
         sigma = float(timestep.reshape(-1)[0])
         if self.edits is not None:
             self.edits.apply(x, sigma)
-        start, end = self.window
+        start, end = self.window_sigmas
         self.controller.begin_evaluation(active=end <= sigma <= start, coupled=sigma > self.couple_sigma)
         if self.controller.uses_prior_pass:
             self._prior_pass(executor.class_obj, x, timestep, model_options, seed)
+            self.controller.settle_vote()  # the pass's vote decides before the main call blends
         self.expect_main = True
         try:
             return executor(x, timestep, model_options, seed)
@@ -251,38 +241,11 @@ class LayerFusionPatch:
         return executor(model, conds, x_in, timestep, model_options)
 
 
-def patch_model(
-    model,
-    weights: ForegroundWeights | None,
-    options: LayerFusionOptions,
-    unet: UNetLayout,
-    stream_set: StreamSet,
-    prior_positive: list,
-    eos_index: Mapping[Stream, torch.Tensor] | None,
-    prior_latent: torch.Tensor | None = None,
-    prior_mask: torch.Tensor | None = None,
-    regions: Mapping[Stream, torch.Tensor] | None = None,
-    edits: LatentEdits | None = None,
-    empty_contexts: Mapping[Stream, torch.Tensor] | None = None,
-    decompose: bool = False,
-):
-    """A clone of ``model`` with LayerFusion registered, and its patch object."""
-    empty_contexts = dict(empty_contexts or {})
-    controller = LayerFusionController(
-        options, unet, stream_set, eos_index, regions, frozenset(empty_contexts), decompose
-    )
-    sampling = model.get_model_object("model_sampling")
-    blend = options.blend
-    window = (
-        float(sampling.percent_to_sigma(blend.start_percent)),
-        float(sampling.percent_to_sigma(blend.end_percent)),
-    )
-    couple = None
-    if empty_contexts:
-        couple = (empty_contexts, float(sampling.percent_to_sigma(options.layout.couple_end_percent)))
-    patch = LayerFusionPatch(
-        controller, unet, stream_set, prior_positive, window, prior_latent, prior_mask, edits, couple
-    )
+def patch_model(model, weights: ForegroundWeights | None, inputs: RunInputs):
+    """A clone of ``model`` with LayerFusion registered for the run of ``inputs``, and its
+    patch object."""
+    controller = LayerFusionController.for_plan(inputs.plan, inputs.unet, inputs.eos_index)
+    patch = LayerFusionPatch(controller, inputs)
     clone = model.clone()
     patch.register(clone, weights)
     return clone, patch

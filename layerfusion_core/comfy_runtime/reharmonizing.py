@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import torch
 
+from ..formats import ALPHA
 from ..layers.bundle import BG_KEY, BLENDED_KEY, EFFECTS_KEY, LayerBundle
 from ..layers.placement import Placement, alpha_at_latent, place_image, place_mask
 from ..method.reharmonize import (
@@ -19,12 +20,11 @@ from ..method.reharmonize import (
     layer_pins,
     union_alpha,
 )
+from ..method.run_plan import layer_seed
 from ..options import ReharmonizeOptions
 from .layer_decoding import vae_decode
 from .progress import HIDDEN_STATE_SAMPLERS, StepObserver, check_state_visible
-from .row_sampling import sample_rows, schedule
-
-RGB = 3
+from .row_sampling import RowGuidance, sample_rows, schedule
 
 
 def check_kept(bundle: LayerBundle, name: str = "bundle") -> None:
@@ -91,19 +91,21 @@ def reharmonize(
         identity = [Placement.identity(canvas[1], canvas[0])] * bundle.num_images
         placed = placements.get(key, identity)
         path = NoisyLatent.from_kept(bundle.latents[key], bundle.kept[key], bundle.kept_sigma)
-        noise = fresh_noise(model, bundle.latents[key], seed + k)
+        noise = fresh_noise(model, bundle.latents[key], layer_seed(seed, k))
         layers.append(path.placed(placed, noise))
         images[key] = _per_image(bundle.images[key], placed, place_image)
         masks[key] = tuple(_per_image(m, placed, place_mask) for m in bundle.masks[key])
-        alphas.append(alpha_at_latent(images[key][..., RGB], latent_hw))
+        alphas.append(alpha_at_latent(images[key][..., ALPHA], latent_hw))
 
     bg = NoisyLatent.from_kept(bundle.latents[BG_KEY], bundle.kept[BG_KEY], bundle.kept_sigma)
     start = composite_over(bg.at(sigma_start), [layer.at(sigma_start) for layer in layers], alphas)
     if first < sigmas.shape[0] - 1:
+        guidance = RowGuidance(
+            bundle.prompts[BLENDED_KEY], bundle.negative, settings.cfg, settings.sampler_name, seed
+        )
         blended = sample_rows(
-            model, bundle.prompts[BLENDED_KEY], bundle.negative, start, sigmas[first:], settings.cfg,
-            settings.sampler_name, seed, layer_pins(layers, alphas, until), observers,
-        )  # fmt: skip
+            model, guidance, start, sigmas[first:], layer_pins(layers, alphas, until), observers
+        )
     else:  # starting at the end: nothing to sample, BLENDED is the composite
         blended = start
 

@@ -6,30 +6,40 @@ inversion, can start a run."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ..formats import Conditioning
 from ..method.latent_pins import LatentEdits, Pin
-from ..method.run_plan import Conditioning
 from .progress import StepObserver, progress_callback
 
 PIN_WRAPPER_KEY = "layerfusion_pins"
 
 
+@dataclass(frozen=True)
+class RowGuidance:
+    """How the rows are guided: their prompt, the negative, the CFG scale, the sampler, and the
+    seed of the per-step noise of ancestral and SDE samplers."""
+
+    positive: Conditioning
+    negative: Conditioning
+    cfg: float
+    sampler_name: str
+    seed: int = 0
+
+
 def sample_rows(
     model,
-    positive: Conditioning,
-    negative: Conditioning,
+    guidance: RowGuidance,
     start: torch.Tensor,
     sigmas: torch.Tensor,
-    cfg: float,
-    sampler_name: str,
-    seed: int,
     pins: tuple[Pin, ...] = (),
     observers: tuple[StepObserver, ...] = (),
 ) -> torch.Tensor:
     """``start`` [N, C, h, w] (the LATENT's space) sampled over ``sigmas`` on a clone of
     ``model``; the pins (of every row) hold it at each evaluation. Returns [N, C, h, w] in the
-    LATENT's space. ``seed`` seeds the per-step noise of ancestral and SDE samplers."""
+    LATENT's space."""
     import comfy.patcher_extension
     import comfy.sample
     import comfy.samplers
@@ -44,10 +54,10 @@ def sample_rows(
 
         clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, PIN_WRAPPER_KEY, hold)
     latent = comfy.sample.fix_empty_latent_channels(clone, start)
-    sampler = comfy.samplers.sampler_object(sampler_name)
+    sampler = comfy.samplers.sampler_object(guidance.sampler_name)
     samples = comfy.sample.sample_custom(
-        clone, torch.zeros_like(latent), cfg, sampler, sigmas, positive, negative, latent,
-        callback=progress_callback(clone, sigmas, observers), disable_pbar=True, seed=seed,
+        clone, torch.zeros_like(latent), guidance.cfg, sampler, sigmas, guidance.positive, guidance.negative,
+        latent, callback=progress_callback(clone, sigmas, observers), disable_pbar=True, seed=guidance.seed,
     )  # fmt: skip
     edits.finish(samples)
     return samples

@@ -1,4 +1,5 @@
-"""The lockstep triplet sampling run, through ComfyUI's own samplers and schedulers."""
+"""The lockstep sampling run of every stream (the FG layers, BG, BLENDED) through ComfyUI's own
+samplers and schedulers."""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..architectures.sdxl import UNetLayout, layout_from_unet_config
-from ..method.latent_pins import LatentEdits, LatentPaste
-from ..method.run_plan import RunPlan, SamplerSettings
+from ..method.run_plan import RunPlan, SamplerSettings, layer_seed, signed_seed
 from ..method.streams import Stream, StreamRole, StreamSet
 from ..models.fg_weights import ForegroundWeights
 from ..models.transparent_vae import pixel_size
-from .conditioning import check_negative, eos_per_stream, fg_only_conditioning, stack_conditionings
-from .patching import patch_model
+from .patching import LayerFusionPatch, patch_model
 from .progress import (
     HIDDEN_STATE_SAMPLERS,
     LatentKeeper,
@@ -24,6 +22,7 @@ from .progress import (
     check_state_visible,
     progress_callback,
 )
+from .run_inputs import RunInputs, prepare_run
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +54,6 @@ class TripletResult:
     hard_mask: torch.Tensor
 
 
-def model_unet_layout(model) -> UNetLayout:
-    """The transformer table of ``model`` (a ModelPatcher); refuses anything but SDXL-family UNets."""
-    import comfy.model_base
-
-    inner = getattr(model, "model", None)
-    if not isinstance(inner, comfy.model_base.SDXL):
-        name = type(inner).__name__ if inner is not None else type(model).__name__
-        raise ValueError(
-            f"model: LayerFusion needs an SDXL model (the LayerDiffuse FG weights are SDXL's), got {name}"
-        )
-    return layout_from_unet_config(inner.model_config.unet_config, name=type(inner.model_config).__name__)
-
-
 class SharedStreamNoise:
     """A noise sampler giving the streams of an image their per-step noise.
 
@@ -91,7 +77,7 @@ class SharedStreamNoise:
                 return kds.BrownianTreeNoiseSampler(
                     x, positive.min(), sigmas.max(), seed=seed, cpu=not sampler_name.endswith("_gpu")
                 )
-            return kds.default_noise_sampler(x, seed=seed)
+            return kds.default_noise_sampler(x, seed=signed_seed(seed))
 
         self.stream_seeds = stream_seeds
         self._samplers = {seed: sampler_for(seed) for seed in dict.fromkeys(stream_seeds)}
@@ -105,10 +91,10 @@ class SharedStreamNoise:
 
 
 def stream_seeds(stream_set: StreamSet, seed: int, per_layer: bool) -> list[int]:
-    """The noise seed of each stream, in row order: FG_k (k >= 1) draws from seed + k with
-    per-layer noise (LAYERS.md 1), every other stream from the seed itself."""
+    """The noise seed of each stream, in row order: FG_k (k >= 1) draws from seed + k (wrapped
+    into the seed range) with per-layer noise (LAYERS.md 1), every other stream from the seed."""
     return [
-        seed + stream.index if per_layer and stream.role == StreamRole.FG else seed
+        layer_seed(seed, stream.index) if per_layer and stream.role == StreamRole.FG else seed
         for stream in stream_set.streams
     ]
 
@@ -127,6 +113,18 @@ def initial_noise(latent_image: torch.Tensor, seeds: list[int], batch_index) -> 
     return per_stream.reshape(-1, *per_stream.shape[2:])
 
 
+def independent_noise(stacked_latent: torch.Tensor, seed: int, per_image: int, batch_index) -> torch.Tensor:
+    """[N * S, ...] initial noise without sharing: every row its own draw, as ComfyUI draws a
+    batch of N * S; with a ``batch_index`` (a latent picked from a batch) image ``b``'s rows
+    get the draws of rows b * S .. b * S + S - 1, as they had in the whole batch's run."""
+    import comfy.sample
+
+    stacked_index = None
+    if batch_index is not None:
+        stacked_index = [int(b) * per_image + s for b in batch_index for s in range(per_image)]
+    return comfy.sample.prepare_noise(stacked_latent, seed, stacked_index)
+
+
 def sample_layers(
     model,
     weights: ForegroundWeights | None,
@@ -136,50 +134,21 @@ def sample_layers(
 ) -> LayersResult:
     """Sample every stream of ``plan`` for N images (N = the latent's batch) in one lockstep
     run on a clone of ``model``; every stream's state is kept at ``options.layout.keep_percent``."""
+    inputs = prepare_run(model, weights, plan)
+    clone, patch = patch_model(model, weights, inputs)
+    samples, keeper = _sample(clone, patch, inputs, settings, observers)
+    return _collect(samples, patch, inputs, keeper)
+
+
+def _sample(
+    clone, patch: LayerFusionPatch, inputs: RunInputs, settings: SamplerSettings, observers
+) -> tuple[torch.Tensor, LatentKeeper | None]:
+    """The run through ComfyUI's sampler: [N * S, C, h, w] samples, and the keeper of the
+    states at the keep sigma (None for a sampler that hides its state)."""
     import comfy.sample
     import comfy.samplers
 
-    unet = model_unet_layout(model)
-    if weights is not None:
-        weights.check_fits(unet)
-    options, stream_set = plan.options, plan.stream_set
-    if not stream_set.blended:
-        log.info("LayerFusion: alpha blending mode: the BLENDED stream is not sampled; its latent repeats BG")
-    per_image, foregrounds = len(stream_set), stream_set.foregrounds
-
-    latent_image = comfy.sample.fix_empty_latent_channels(model, plan.latent["samples"])
-    num_images = latent_image.shape[0]
-    positive = stack_conditionings(plan.prompts, stream_set, num_images)
-    check_negative(plan.negative)
-    eos = eos_per_stream(plan.prompts, stream_set, num_images)
-    if eos is None:
-        log.warning(
-            "LayerFusion: the fg conditioning has no EOS index (not from LayerFusionTextEncode); "
-            "the content prior uses the mean over the prompt's tokens"
-        )
-
-    noise_mask = plan.latent.get("noise_mask")
-    per_image_mask = noise_mask is not None and noise_mask.shape[0] == num_images
-    prior_mask = noise_mask.repeat_interleave(foregrounds, dim=0) if per_image_mask else noise_mask
-    clone, patch = patch_model(
-        model, weights, options, unet, stream_set, fg_only_conditioning(plan.prompts, stream_set, num_images), eos,
-        prior_latent=latent_image.repeat_interleave(foregrounds, dim=0), prior_mask=prior_mask,
-        regions=plan.regions, edits=_latent_edits(model, plan, latent_image.shape[-2:]),
-        empty_contexts=plan.empty_contexts, decompose=plan.decompose,
-    )  # fmt: skip
-
-    seeds = stream_seeds(stream_set, settings.seed, options.layout.per_layer_noise)
-    stacked_latent = latent_image.repeat_interleave(per_image, dim=0)
-    if plan.start is not None:  # every stream starts from the given state itself
-        stacked_latent = plan.start.to(latent_image).repeat_interleave(per_image, dim=0)
-        noise = torch.zeros_like(stacked_latent)
-    elif plan.noise.share_initial_noise:
-        noise = initial_noise(latent_image, seeds, plan.latent.get("batch_index"))
-    else:
-        noise = comfy.sample.prepare_noise(stacked_latent, settings.seed)
-    if per_image_mask:
-        noise_mask = noise_mask.repeat_interleave(per_image, dim=0)
-
+    plan = inputs.plan
     ksampler = comfy.samplers.KSampler(
         clone,
         steps=settings.steps,
@@ -189,59 +158,76 @@ def sample_layers(
         denoise=settings.denoise,
     )
     sigmas = ksampler.sigmas
-    start, end = patch.window
+    start, end = inputs.window_sigmas
     patch.controller.plan_evaluations(sum(1 for s in sigmas[:-1].tolist() if end <= s <= start))
+    seeds = stream_seeds(plan.stream_set, settings.seed, plan.options.layout.per_layer_noise)
     sampler = comfy.samplers.sampler_object(settings.sampler_name)
     if (
         plan.noise.share_step_noise
         and "noise_sampler" in inspect.signature(sampler.sampler_function).parameters
     ):
         shared = SharedStreamNoise(
-            settings.sampler_name, latent_image.shape, seeds, sigmas, clone.load_device, torch.float32
+            settings.sampler_name, inputs.latent_image.shape, seeds, sigmas, clone.load_device, torch.float32
         )
         sampler.extra_options = {**sampler.extra_options, "noise_sampler": shared}
+    keeper = _keeper(clone, plan, settings)
+    if plan.pins:
+        check_state_visible(settings.sampler_name, "pinning a stream")
+    stacked_latent, noise = _start_and_noise(inputs, seeds, settings.seed)
+    callback = progress_callback(clone, sigmas, (*((keeper,) if keeper else ()), *observers))
+    samples = comfy.sample.sample_custom(
+        clone, noise, settings.cfg, sampler, sigmas, inputs.positive, plan.negative, stacked_latent,
+        noise_mask=inputs.noise_mask, callback=callback, disable_pbar=True, seed=settings.seed,
+    )  # fmt: skip
+    if inputs.edits is not None:
+        inputs.edits.finish(samples)  # a pin through the end holds the final latent too
+    return samples, keeper
 
-    keep_sigma = float(clone.get_model_object("model_sampling").percent_to_sigma(options.layout.keep_percent))
-    keeper = LatentKeeper(clone, keep_sigma)
+
+def _keeper(clone, plan: RunPlan, settings: SamplerSettings) -> LatentKeeper | None:
+    """What keeps every stream's state at ``keep_percent`` (none for a hidden-state sampler)."""
     if settings.sampler_name.removesuffix("_gpu") in HIDDEN_STATE_SAMPLERS:
         log.warning(
             "LayerFusion: %s steps on its own sigmas or keeps a scaled state: this run keeps no latents "
             "(a re-harmonise of its bundle is refused)",
             settings.sampler_name,
         )
-        keeper = None
-    if plan.pins:
-        check_state_visible(settings.sampler_name, "pinning a stream")
-    callback = progress_callback(clone, sigmas, (*((keeper,) if keeper else ()), *observers))
-    samples = comfy.sample.sample_custom(
-        clone, noise, settings.cfg, sampler, sigmas, positive, plan.negative, stacked_latent,
-        noise_mask=noise_mask, callback=callback, disable_pbar=True, seed=settings.seed,
-    )  # fmt: skip
+        return None
+    sampling = clone.get_model_object("model_sampling")
+    return LatentKeeper(clone, float(sampling.percent_to_sigma(plan.options.layout.keep_percent)))
 
-    if patch.edits is not None:
-        patch.edits.finish(samples)  # a pin through the end holds the final latent too
+
+def _start_and_noise(inputs: RunInputs, seeds: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stacked start latent [N * S, ...] and its initial noise: a given start state with no
+    noise, the seeds' noise shared by an image's streams, or every row its own draw."""
+    plan, latent_image = inputs.plan, inputs.latent_image
+    per_image = len(plan.stream_set)
+    if plan.start is not None:  # every stream starts from the given state itself
+        stacked = plan.start.to(latent_image).repeat_interleave(per_image, dim=0)
+        return stacked, torch.zeros_like(stacked)
+    stacked = latent_image.repeat_interleave(per_image, dim=0)
+    batch_index = plan.latent.get("batch_index")
+    if plan.noise.share_initial_noise:
+        return stacked, initial_noise(latent_image, seeds, batch_index)
+    return stacked, independent_noise(stacked, seed, per_image, batch_index)
+
+
+def _collect(
+    samples: torch.Tensor, patch: LayerFusionPatch, inputs: RunInputs, keeper: LatentKeeper | None
+) -> LayersResult:
+    """The run's samples by stream, the final masks at image size and the kept states."""
+    stream_set, num_images = inputs.plan.stream_set, inputs.num_images
+    per_image = len(stream_set)
     rows = samples.reshape(num_images, per_image, *samples.shape[1:])
     latents = {stream: rows[:, i] for i, stream in enumerate(stream_set.streams)}
     masks = _masks_at_image_size(
-        patch.controller.final_masks(), stream_set, num_images, latent_image.shape[-2:]
+        patch.controller.final_masks(), stream_set, num_images, inputs.latent_image.shape[-2:]
     )
     kept = None
     if keeper is not None and keeper.latent is not None:
         kept_rows = keeper.latent.reshape(num_images, per_image, *samples.shape[1:])
         kept = KeptLatents({s: kept_rows[:, i] for i, s in enumerate(stream_set.streams)}, keeper.sigma)
     return LayersResult(latents, masks, kept)
-
-
-def _latent_edits(model, plan: RunPlan, latent_hw) -> LatentEdits | None:
-    """The paste (FG layers with a region, while BLENDED is sampled) and the plan's pins."""
-    paste = None
-    if plan.regions and plan.stream_set.blended and not plan.decompose:  # a decomposition's layers
-        paste = LatentPaste(plan.stream_set, plan.regions, latent_hw)  # share z_T: nothing to align
-    if paste is None and not plan.pins:
-        return None
-    sampling = model.get_model_object("model_sampling")
-    paste_sigma = float(sampling.percent_to_sigma(plan.options.layout.paste_end_percent))
-    return LatentEdits(plan.stream_set, paste, paste_sigma, plan.pins, model.model.process_latent_in)
 
 
 def sample_triplet(

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..files.writing import write_new_files
+from ..files.writing import check_name_length, prefix_file_name, write_new_files
 from ..layers.bundle import BG_KEY, BLENDED_KEY, EFFECTS_KEY, LayerBundle
 from ..layers.psd import psd_writer
 
 COMPRESS_LEVEL = 4  # SaveImage's
 MAX_COUNTER_TRIES = 100_000
+PSD_SUFFIX = "_layers.psd"
 
 
 def pick(t: torch.Tensor, index: int) -> torch.Tensor:
@@ -41,10 +42,17 @@ class LayerFiles:
         masks: dict[str, torch.Tensor],
         save_psd: bool,
     ) -> LayerFiles:
-        """The triplet's files: _fg, _bg, _blended, the masks; its PSD as ``layered_psd_writer``'s."""
+        """The triplet's files: _fg, _bg, _blended, the masks; its PSD: "background", "foreground"
+        (its alpha as the layer's transparency) and "blended" (hidden), bottom to top."""
         psd = (("background", "bg", True), ("foreground", "fg", True), ("blended", "blended", False))
         shown = {"fg": foreground, "bg": background, "blended": blended}
         return cls(shown, dict(masks), psd if save_psd else ())
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        """Every file name suffix an image's save writes (after ``<prefix>_<counter>``)."""
+        pngs = tuple(f"_{suffix}.png" for suffix in (*self.shown, *self.others))
+        return (*pngs, PSD_SUFFIX) if self.psd else pngs
 
 
 def save_layers(
@@ -60,8 +68,18 @@ def save_layers(
     # nothing under --disable-metadata.
     metadata = ui.ImageSaveHelper._create_png_metadata(node_cls)
     first = next(iter(layer_files.shown.values()))
+    file_name = prefix_file_name(filename_prefix)
+    if "%" not in file_name:  # no token to replace: refuse before ComfyUI makes the subfolder
+        check_name_length("filename_prefix", file_name, "_00001", layer_files.suffixes)
     folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
         filename_prefix, folder_paths.get_output_directory(), first.shape[2], first.shape[1]
+    )
+    # Before any file: the longest name this save writes (last image, last counter) must fit.
+    check_name_length(
+        "filename_prefix",
+        filename.replace("%batch_num%", str(count - 1)),
+        f"_{counter + count - 1:05}",
+        layer_files.suffixes,
     )
     results, others = [], []
     for index in range(count):
@@ -76,7 +94,7 @@ def save_layers(
             for suffix, image in images.items()
         }
         if layer_files.psd:
-            files["_layers.psd"] = psd_writer([(n, layers[key], v) for n, key, v in layer_files.psd])
+            files[PSD_SUFFIX] = psd_writer([(n, layers[key], v) for n, key, v in layer_files.psd])
         counter, stem = write_triplet(folder, name, counter, files)
         for suffix in files:
             entry = ui.SavedResult(stem + suffix, subfolder, io.FolderType.output)

@@ -33,24 +33,31 @@ def safetensors_problem(path: str | os.PathLike[str]) -> str | None:
             return "the file is empty"
         length = struct.unpack("<Q", head)[0] if len(head) == _HEADER_LENGTH_BYTES else None
         if length is None or length > min(_MAX_HEADER, size - _HEADER_LENGTH_BYTES):
-            # A header length that cannot be right; the first bytes say what the file is instead.
-            if any(head.startswith(marker) for marker in _PICKLE_MARKERS):
-                return (
-                    "it is a pickled (PyTorch .pt/.ckpt) file renamed to .safetensors, which is never loaded"
-                )
-            if length is None:
-                return f"the file has {size} bytes, fewer than a safetensors header"
-            return (
-                f"its header says {length} bytes of metadata but the file has {size} bytes in all "
-                "(truncated, or not a safetensors file)"
-            )
+            return _bad_header_length(head, length, size)
         try:
             header = json.loads(fp.read(length))
         except (UnicodeDecodeError, ValueError):
             return "its header is not valid JSON (corrupt, or not a safetensors file)"
     if not isinstance(header, dict):
         return "its header is not a JSON object (corrupt, or not a safetensors file)"
-    data = size - _HEADER_LENGTH_BYTES - length
+    return _data_problem(header, size - _HEADER_LENGTH_BYTES - length)
+
+
+def _bad_header_length(head: bytes, length: int | None, size: int) -> str:
+    """Why a header length that cannot be right is wrong; the first bytes say what the file
+    is instead."""
+    if any(head.startswith(marker) for marker in _PICKLE_MARKERS):
+        return "it is a pickled (PyTorch .pt/.ckpt) file renamed to .safetensors, which is never loaded"
+    if length is None:
+        return f"the file has {size} bytes, fewer than a safetensors header"
+    return (
+        f"its header says {length} bytes of metadata but the file has {size} bytes in all "
+        "(truncated, or not a safetensors file)"
+    )
+
+
+def _data_problem(header: dict, data: int) -> str | None:
+    """Why the header's tensors do not end where the ``data`` bytes after it end, or None."""
     end = 0
     for key, info in header.items():
         if key == "__metadata__":

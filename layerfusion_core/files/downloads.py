@@ -140,18 +140,41 @@ def download_verified(
     """
     from .checks import safetensors_problem
 
+    size = None
     if exact_size is not None:
-        expected_size = (exact_size, exact_size)
+        size = size_between(exact_size, exact_size)
     elif expected_sha256 is None:
         slack = int(approximate_size * SIZE_TOLERANCE) + 1_000_000
-        expected_size = (max(1, approximate_size - slack), approximate_size + slack)
-    else:
-        expected_size = None
-    validate = safetensors_problem if str(dest_path).endswith(".safetensors") else None
+        size = size_between(max(1, approximate_size - slack), approximate_size + slack)
+    layout = safetensors_problem if str(dest_path).endswith(".safetensors") else None
     return download_file(
         url, dest_path, expected_sha256=expected_sha256, progress=progress, timeout=timeout,
-        expected_size=expected_size, validate=validate,
+        validate=all_of(size, layout),
     )  # fmt: skip
+
+
+BodyCheck = Callable[[Path], "str | None"]
+"""A check of a downloaded body: why it is not the expected file, or None."""
+
+
+def size_between(low: int, high: int) -> BodyCheck:
+    """A check that the body has ``low`` .. ``high`` bytes."""
+    wanted = f"{low} bytes" if low == high else f"{low}-{high} bytes"
+
+    def check(path: Path) -> str | None:
+        size = path.stat().st_size
+        return None if low <= size <= high else f"got {size} bytes, expected {wanted}"
+
+    return check
+
+
+def all_of(*checks: BodyCheck | None) -> BodyCheck:
+    """The first problem any of ``checks`` finds (None entries are skipped)."""
+
+    def check(path: Path) -> str | None:
+        return next((problem for c in checks if c is not None and (problem := c(path)) is not None), None)
+
+    return check
 
 
 def _content_length(headers: Any) -> int | None:
@@ -173,7 +196,6 @@ def download_file(
     timeout: float = DEFAULT_TIMEOUT,
     overwrite: bool = False,
     chunk_size: int = CHUNK_SIZE,
-    expected_size: tuple[int, int] | None = None,
     validate: Callable[[Path], str | None] | None = None,
 ) -> Path:
     """Download ``url`` to ``dest_path`` and return the destination.
@@ -183,9 +205,8 @@ def download_file(
     a body that does not match Content-Length raises IncompleteDownloadError, a hash that
     differs from ``expected_sha256`` (or, when that is None, from a SHA-256 the response
     headers announce) raises HashMismatchError naming both. Only a verified file is moved
-    into place (``os.replace``), and only when its size lies in ``expected_size`` (min, max
-    bytes) and ``validate(tmp)`` (a check of the body's format) returns None, else
-    WrongBodyError. On any failure, including an exception raised by
+    into place (``os.replace``), and only when ``validate(tmp)`` (a check of the body's size
+    or format, see ``size_between`` and ``all_of``) returns None, else WrongBodyError. On any failure, including an exception raised by
     ``progress`` (e.g. a user cancel), the temporary file is removed.
     """
     dest = Path(dest_path)
@@ -209,13 +230,6 @@ def download_file(
             raise HashMismatchError(
                 f"SHA-256 mismatch for {url}: expected {expected}, got {actual} ({done} bytes); "
                 "the file was discarded"
-            )
-        if expected_size is not None and not expected_size[0] <= done <= expected_size[1]:
-            low, high = expected_size
-            wanted = f"{low} bytes" if low == high else f"{low}-{high} bytes"
-            raise WrongBodyError(
-                f"download of {url} is not the expected file: got {done} bytes, expected {wanted}; "
-                "the body was discarded"
             )
         problem = validate(tmp) if validate is not None else None
         if problem is not None:

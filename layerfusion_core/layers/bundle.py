@@ -35,6 +35,7 @@ class LayerBundle:
     kept: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> latent at kept_sigma
     kept_sigma: float | None = None  # sigma of the step the kept latents are at
     images: dict[str, torch.Tensor] = field(default_factory=dict)  # after decode: FG RGBA, BG/BLENDED RGB
+    model_fingerprint: str | None = None  # the run's model (comfy_runtime/model_identity.py), None if unknown
 
     @property
     def keys(self) -> tuple[str, ...]:

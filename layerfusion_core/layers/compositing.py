@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-RGB = 3
+from ..formats import ALPHA, RGB
+
 RGBA = 4
 
 
@@ -50,7 +51,7 @@ def alpha_composite(
         return out
     patch = fg[:, top - y_offset : bottom - y_offset, left - x_offset : right - x_offset]
     under = out[:, top:bottom, left:right]
-    alpha = patch[..., RGB:]
+    alpha = patch[..., ALPHA:]
     out[:, top:bottom, left:right] = (patch[..., :RGB] + under * (1.0 - alpha)).clamp(0.0, 1.0)
     return out
 
@@ -88,7 +89,7 @@ def check_inputs(foreground: Tensor, background: Tensor, x_offset: int, y_offset
 
 def premultiply(rgba: Tensor) -> Tensor:
     """Straight [..., 4] RGBA -> premultiplied (RGB * A, A)."""
-    alpha = rgba[..., RGB:]
+    alpha = rgba[..., ALPHA:]
     return torch.cat((rgba[..., :RGB] * alpha, alpha), dim=-1)
 
 
@@ -106,7 +107,7 @@ def resize_premultiplied(rgba: Tensor, scale: float) -> Tensor:
     resized = F.interpolate(nchw, size=size, mode="bilinear", align_corners=False, antialias=scale < 1.0)
     premul = resized.movedim(1, -1).clamp(0.0, 1.0)
     # Colour can never exceed its own coverage in premultiplied form.
-    return torch.cat((torch.minimum(premul[..., :RGB], premul[..., RGB:]), premul[..., RGB:]), dim=-1)
+    return torch.cat((torch.minimum(premul[..., :RGB], premul[..., ALPHA:]), premul[..., ALPHA:]), dim=-1)
 
 
 def broadcast_batch(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

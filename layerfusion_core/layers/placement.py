@@ -23,10 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..formats import ALPHA, LATENT_CELL, RGB
 from .compositing import premultiply
-
-LATENT_CELL = 8
-RGB = 3
 
 
 @dataclass(frozen=True)
@@ -153,7 +151,7 @@ def place_image(image: torch.Tensor, placement: Placement) -> torch.Tensor:
             antialias=shrink,
         ).movedim(1, -1)
         if rgba:
-            alpha = resized[..., RGB:].clamp(0, 1)
+            alpha = resized[..., ALPHA:].clamp(0, 1)
             colour = torch.minimum(resized[..., :RGB].clamp_min(0), alpha)
             straight = torch.where(alpha > 0, colour / alpha.clamp_min(1e-12), torch.zeros_like(colour))
             resized = torch.cat((straight.clamp(0, 1), alpha), dim=-1)

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-MAX_LAYERS = 4
-LATENT_CELL = 8  # pixels per latent cell
+from ..formats import LATENT_CELL, Conditioning
 
-Conditioning = list[list[Any]]
+MAX_LAYERS = 4
+MAX_NAME_LENGTH = 100  # characters of a layer's name
+RESERVED_NAMES = frozenset({"bg", "blended", "effects"})
+"""Names of the non-FG items of our LAYERS documents, PSDs and file names."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,38 @@ class Box:
         return out
 
 
+def check_layer_name(name: str, input_name: str = "name") -> str:
+    """The layer name, stripped; ValueError naming ``input_name`` when it is empty, longer than
+    ``MAX_NAME_LENGTH`` or one of the names our documents give BG, BLENDED and effects."""
+    stripped = name.strip() if isinstance(name, str) else ""
+    if not stripped:
+        raise ValueError(f"{input_name}: expected a layer name, got an empty text")
+    if len(stripped) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"{input_name}: expected a layer name of at most {MAX_NAME_LENGTH} characters, got "
+            f"{len(stripped)} ({stripped[:20]!r}...)"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in stripped):
+        raise ValueError(
+            f"{input_name}: a layer name cannot hold control characters (line breaks, tabs, NUL)"
+        )
+    if stripped.lower() in RESERVED_NAMES:
+        raise ValueError(
+            f"{input_name}: {stripped!r} is the name of the pack's own {stripped.lower()} layer in saved files "
+            "and LAYERS documents; give this layer another name"
+        )
+    return stripped
+
+
+def check_region_not_empty(mask: torch.Tensor, name: str) -> None:
+    """ValueError naming ``name`` when a region mask is 0 everywhere (the layer would be empty)."""
+    if not bool((mask > 0).any()):
+        raise ValueError(
+            f"{name}: the mask is 0 everywhere, so the layer would be empty; 1 marks the layer's region "
+            "(invert the mask if it marks what to leave out)"
+        )
+
+
 @dataclass(frozen=True)
 class LayerPrompt:
     conditioning: Conditioning
@@ -82,6 +115,7 @@ class LayerPrompt:
             )
         if not torch.isfinite(mask).all():
             raise ValueError(f"{name} mask: expected finite values")
+        check_region_not_empty(mask, f"{name} mask")
         return mask.clamp(0, 1)
 
 
@@ -106,14 +140,47 @@ class LayerChain:
         return len(self.layers)
 
 
+MAX_STACKING_FACTOR = 4
+"""Rows are padded by repetition to the least common multiple of their token lengths (exact
+for attention); that common length may be at most this many times the longest prompt, as
+ComfyUI itself never batches conds whose lengths are further apart."""
+
+
+def common_token_length(lengths: dict[str, int], what: str = "conditionings") -> int:
+    """The token length every row is repeated to: the least common multiple of ``lengths``
+    (name -> tokens). ValueError naming each prompt's length when that is more than
+    ``MAX_STACKING_FACTOR`` times the longest (77, 78 and 76 tokens would make rows of 228,228)."""
+    common = math.lcm(*lengths.values())
+    longest = max(lengths.values())
+    if common > MAX_STACKING_FACTOR * longest:
+        listed = ", ".join(f"{name} {tokens}" for name, tokens in lengths.items())
+        raise ValueError(
+            f"{what}: the prompts' token lengths ({listed}) cannot be batched: rows are repeated to a "
+            f"common length, here {common} tokens, at most {MAX_STACKING_FACTOR}x the longest "
+            f"({MAX_STACKING_FACTOR * longest}) is allowed. Use prompts encoded in whole 77-token windows "
+            "(as CLIP Text Encode and LayerFusion's encoders give them), or give a shorter blended prompt"
+        )
+    return common
+
+
+@dataclass(frozen=True)
+class LayeredPrompts:
+    """The prompts of a layered run: the FG layers' chain, BG's prompt, BLENDED's (None: the
+    layers' prompts and BG's, one after the other; in a decomposition, the image's prompt) and
+    the negative every stream shares."""
+
+    chain: LayerChain
+    bg: Conditioning
+    blended: Conditioning | None
+    negative: Conditioning
+
+
 def check_token_widths(chain: LayerChain) -> None:
     """ValueError unless every layer's conditioning has the same channel width (prompts from
-    one CLIP), and the token lengths can be stacked (repeated to a common multiple)."""
+    one CLIP), and the token lengths can be stacked (``common_token_length``)."""
     widths = {layer.name: layer.conditioning[0][0].shape[-1] for layer in chain.layers}
     if len(set(widths.values())) > 1:
         raise ValueError(
             f"layers: the layer prompts come from CLIPs of different widths {widths}; use one CLIP"
         )
-    lengths = [layer.conditioning[0][0].shape[1] for layer in chain.layers]
-    if math.lcm(*lengths) > 77 * 64:
-        raise ValueError(f"layers: prompt lengths {lengths} cannot be stacked (common length too large)")
+    common_token_length({layer.name: layer.conditioning[0][0].shape[1] for layer in chain.layers}, "layers")

@@ -1,4 +1,4 @@
-"""Writing layer files: a layered PSD per triplet (psd-tools, optional) and atomic writes.
+"""Writing layer files: a layered PSD (psd-tools, optional) and atomic writes.
 
 No ComfyUI here: Pillow and, only when a PSD is asked for, psd-tools (imported lazily so the
 pack works without it). Every file goes to a temporary name in its final folder first and
@@ -14,7 +14,12 @@ from PIL import Image
 
 from ..files.writing import Writer, atomic_write
 
-__all__ = ["atomic_write", "layered_psd_writer", "psd_writer", "write_layered_psd"]
+__all__ = [
+    "atomic_write",
+    "check_psd_canvas",
+    "psd_layer_names",
+    "psd_writer",
+]
 
 # 1.14.3 is the first release checked to write these files correctly without psd-tools'
 # optional compositing extras: 1.10.x-1.11.x need scikit-image to save, 1.12.0 wrote a
@@ -25,8 +30,12 @@ _INSTALL = f'pip install "{PSD_TOOLS_REQUIREMENT}"'
 
 # Bottom to top. The blended image is stored hidden on top: one click compares it with the
 # editable foreground-over-background stack below it.
-PSD_LAYER_ORDER: tuple[str, ...] = ("background", "foreground", "blended")
-PSD_HIDDEN_LAYERS: frozenset[str] = frozenset({"blended"})
+
+# The PSD format holds at most 30,000 px per side (larger needs PSB, which is not written).
+PSD_MAX_SIDE = 30_000
+# A layer name: the legacy Pascal string holds at most 255 Mac Roman bytes, and Photoshop
+# keeps at most 255 characters (UTF-16 code units) of the Unicode name it reads first.
+PSD_MAX_NAME = 255
 
 
 class PsdToolsMissingError(ImportError):
@@ -77,32 +86,56 @@ def check_same_size(sizes: Sequence[tuple[str, tuple[int, int]]]) -> tuple[int, 
     return first
 
 
-def layered_psd_writer(background: Image.Image, foreground: Image.Image, blended: Image.Image) -> Writer:
-    """A writer of an 8-bit PSD with three pixel layers, bottom to top: "background",
-    "foreground" (its alpha as layer transparency), "blended" (hidden).
+def check_psd_canvas(size: tuple[int, int]) -> tuple[int, int]:
+    """Return ``size`` (width, height); ValueError naming save_psd when a side is over the
+    PSD format's 30,000 px."""
+    width, height = size
+    if max(width, height) > PSD_MAX_SIDE:
+        raise ValueError(
+            f"save_psd: the canvas is {width}x{height} px, over the PSD format's limit of "
+            f"{PSD_MAX_SIDE:,} px per side (larger canvases need the PSB format, which is not "
+            "written); turn save_psd off to save the PNGs alone, or make the images smaller"
+        )
+    return size
 
-    All three images must have the same size (ValueError naming the one that differs).
-    RGB images become fully opaque layers.
-    """
-    images = {"background": background, "foreground": foreground, "blended": blended}
-    return psd_writer([(name, images[name], name not in PSD_HIDDEN_LAYERS) for name in PSD_LAYER_ORDER])
+
+def psd_layer_names(name: str) -> tuple[str, str]:
+    """(legacy, unicode) names of a PSD layer called ``name``: the Unicode name (what
+    Photoshop and psd-tools read) cut to 255 UTF-16 code units, never inside a surrogate
+    pair (a lone surrogate, which JSON can carry, becomes U+FFFD); the legacy Pascal name is
+    the same text in Mac Roman, each character Mac Roman lacks written as "?", at most 255
+    bytes."""
+    text = name.encode("utf-16-be", "surrogatepass").decode("utf-16-be", "replace")
+    units = text.encode("utf-16-be")[: 2 * PSD_MAX_NAME]
+    if len(units) >= 2 and 0xD8 <= units[-2] <= 0xDB:  # a high surrogate whose pair was cut off
+        units = units[:-2]
+    unicode_name = units.decode("utf-16-be")
+    legacy = unicode_name.encode("mac_roman", errors="replace")[:PSD_MAX_NAME].decode("mac_roman")
+    return legacy, unicode_name
 
 
 def psd_writer(layers: Sequence[tuple[str, Image.Image, bool]]) -> Writer:
     """A writer of an 8-bit PSD with one pixel layer per ``(name, image, visible)``, bottom
     to top; an RGBA image's alpha is the layer's transparency, an RGB image is opaque.
 
-    All images must have the same size (ValueError naming the first that differs).
+    Any name is written (see ``psd_layer_names``): psd-tools itself writes only the legacy
+    Mac Roman name, which fails on other characters and on more than 255 bytes.
+
+    All images must have the same size (ValueError naming the first that differs), at most
+    30,000 px per side (ValueError naming save_psd).
     """
-    check_same_size([(name, image.size) for name, image, _ in layers])
-    size = layers[0][1].size
+    size = check_psd_canvas(check_same_size([(name, image.size) for name, image, _ in layers]))
     psd_image, pixel_layer = import_psd_tools()
+    from psd_tools.constants import Tag
 
     # An "RGBA" document keeps each layer's alpha as its transparency channel; in an "RGB"
     # one psd-tools turns the alpha into a layer mask instead.
     psd = psd_image.new("RGBA", size)
     for name, image, visible in layers:
-        layer = pixel_layer.frompil(image.convert("RGBA"), psd, name)  # appends on top
+        legacy, unicode_name = psd_layer_names(name)
+        layer = pixel_layer.frompil(image.convert("RGBA"), psd, legacy)  # appends on top
+        # The Unicode name ('luni' block), which Photoshop and psd-tools read before the legacy one.
+        layer.tagged_blocks.set_data(Tag.UNICODE_LAYER_NAME, unicode_name)
         layer.visible = visible
 
     def write(tmp: str) -> None:
@@ -110,10 +143,3 @@ def psd_writer(layers: Sequence[tuple[str, Image.Image, bool]]) -> Writer:
             psd.save(fp)
 
     return write
-
-
-def write_layered_psd(
-    path: str, background: Image.Image, foreground: Image.Image, blended: Image.Image
-) -> None:
-    """``layered_psd_writer``'s PSD, written atomically to ``path``."""
-    atomic_write(path, layered_psd_writer(background, foreground, blended))

@@ -140,10 +140,10 @@ class AttentionPolicy:
         if not self._records(call):
             return
         for stream in self.fg_streams:
+            # On the run's device and range-checked once, when the run was prepared.
             eos = None if self.eos_index is None else self.eos_index.get(stream)
-            eos = None if eos is None else eos.to(q.device)
             q_rows, k_rows = self._recording_rows(call, stream, q), self._recording_rows(call, stream, k)
-            c = content_prior(q_rows, k_rows, call.heads, eos)
+            c = content_prior(q_rows, k_rows, call.heads, eos, check_range=False)
             self.recorder.record_content(stream, call.block, c, call.grid)
         if call.block == self.scope.structure_block:
             self.masks.observe_vote()
@@ -248,7 +248,7 @@ class AttentionPolicy:
         }
         hard_rows = None if hard is None else self._per_row(hard, layout, bg, q.device)
         out[blended], out[bg] = shared_attention(
-            qs[blended], ks[blended], vs[blended], qs[bg], ks[bg], vs[bg], call.heads, self.scope.sharing,
+            (qs[blended], ks[blended], vs[blended]), (qs[bg], ks[bg], vs[bg]), call.heads, self.scope.sharing,
             hard_rows, self.sharing_epsilon, call.attention,
         )  # fmt: skip
         return merge(out, layout)

@@ -103,30 +103,33 @@ EXCLUDED_KEY_BIAS = -1e4  # exp() of it is 0 in every float type; finite, so fp1
 def suppression_bias(hard: torch.Tensor, epsilon: float) -> torch.Tensor:
     """[P, T] hard mask -> [P, T] additive key bias log(1 - M_hard + eps) (~log eps inside the
     object). With eps 0 a key where the mask is exactly 1 is excluded (``EXCLUDED_KEY_BIAS``)."""
-    # float64: in float32, 1 - 1 + 1e-6 loses most of eps to rounding.
-    return torch.log(1.0 - hard.double() + epsilon).clamp_min(EXCLUDED_KEY_BIAS).float()
+    # float32 is exact where it matters: 1 - hard is exact for hard in [0.5, 1] (Sterbenz), so
+    # eps is added to an exact 0 inside the object. No float64: Apple's MPS has none.
+    return torch.log((1.0 - hard.float()) + epsilon).clamp_min(EXCLUDED_KEY_BIAS)
+
+
+QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""A stream's (queries, keys, values), [P, T, C] each."""
 
 
 def shared_attention(
-    q_blend: torch.Tensor,
-    k_blend: torch.Tensor,
-    v_blend: torch.Tensor,
-    q_bg: torch.Tensor,
-    k_bg: torch.Tensor,
-    v_bg: torch.Tensor,
+    blended: QKV,
+    bg: QKV,
     heads: int,
     mode: SharingMode,
     hard: torch.Tensor | None = None,
     epsilon: float = 1e-6,
     attention: AttentionFn = sdpa_attention,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Self-attention of paired BLENDED and BG rows ([P, T, C] each) under a sharing mode.
+    """Self-attention of paired BLENDED and BG rows (q, k, v of [P, T, C] each) under a sharing
+    mode.
 
     BLENDED queries attend to [K_blend; K_bg]. BG queries attend to the same keys with the
     BLENDED keys inside the object suppressed (MASKED, needs ``hard`` [P, T]), unmasked
     (BIDIRECTIONAL), or only to their own keys (ONE_DIRECTIONAL). The masked bias is a
     [P, 1, 2T] tensor broadcast over heads and queries. Returns (out_blend, out_bg).
     """
+    (q_blend, k_blend, v_blend), (q_bg, k_bg, v_bg) = blended, bg
     mode = SharingMode(mode)
     if mode == SharingMode.OFF:
         return attention(q_blend, k_blend, v_blend, heads), attention(q_bg, k_bg, v_bg, heads)

@@ -23,6 +23,7 @@ from ..options import (
 from .attention_policy import AttentionCall, AttentionPolicy, Phase, Scope
 from .mask_source import GivenRegionMasks, PriorMasks, RegionGatedMasks, StreamMasks
 from .recorder import PriorRecorder
+from .run_plan import RunPlan, RunPolicy
 from .streams import Stream, StreamSet
 
 __all__ = ["AttentionCall", "LayerFusionController", "Phase"]
@@ -39,14 +40,16 @@ class LayerFusionController:
         eos_index: Mapping[Stream, torch.Tensor] | None,
         regions: Mapping[Stream, torch.Tensor] | None = None,
         coupled: frozenset[Stream] = frozenset(),
-        decompose: bool = False,
+        policy: RunPolicy | None = None,
     ) -> None:
         """``eos_index``: per FG stream, the [N] global EOS index of each image's prompt
         (None: the content prior averages over the prompt's tokens). ``regions``: per FG
         stream with a layout, its region [H, W] at image size; its masks are gated by it (in
         a decomposition, its masks are the region itself). ``coupled``: the streams with a
-        region whose cross-attention is coupled early. ``decompose``: BLENDED is the image
-        being decomposed (pinned): nothing blends into it (LAYERS.md 3.3)."""
+        region whose cross-attention is coupled early. ``policy``: what the regions and BLENDED
+        mean (a decomposition: the regions are the masks, nothing blends into BLENDED; None: a
+        text run)."""
+        policy = policy or RunPolicy.text()
         self.options = options
         self.unet = unet
         self.stream_set = stream_set
@@ -57,11 +60,34 @@ class LayerFusionController:
         )
         self.masks = self.prior_masks
         if regions:
-            masks_from = GivenRegionMasks if decompose else RegionGatedMasks
+            masks_from = GivenRegionMasks if policy.regions_are_masks else RegionGatedMasks
             self.masks = masks_from(self.prior_masks, dict(regions))
         couple = {s: r for s, r in (regions or {}).items() if s in coupled}
         self.policy = AttentionPolicy(
-            options, stream_set, self.scope, self.recorder, self.masks, eos_index, couple, not decompose
+            options,
+            stream_set,
+            self.scope,
+            self.recorder,
+            self.masks,
+            eos_index,
+            couple,
+            policy.blend_into_blended,
+        )
+
+    @classmethod
+    def for_plan(
+        cls, plan: RunPlan, unet: UNetLayout, eos_index: Mapping[Stream, torch.Tensor] | None
+    ) -> LayerFusionController:
+        """The controller of ``plan``'s run on a model of table ``unet``; ``eos_index`` as
+        prepared for the run (on its device)."""
+        return cls(
+            plan.options,
+            unet,
+            plan.stream_set,
+            eos_index,
+            plan.regions,
+            frozenset(plan.empty_contexts),
+            plan.policy,
         )
 
     # -- the run's shape ------------------------------------------------------------------
@@ -78,10 +104,6 @@ class LayerFusionController:
         return self.scope.blend_blocks
 
     @property
-    def content_blocks(self) -> frozenset[BlockKey]:
-        return self.scope.content_blocks
-
-    @property
     def prior_pass_end(self) -> BlockKey:
         """The block whose cross-attention records a prior pass's last map (the structure
         prior comes from a block's self-attention, before its cross-attention): past it, the
@@ -89,20 +111,22 @@ class LayerFusionController:
         return self.scope.last_content_block
 
     def plan_evaluations(self, evaluations: int) -> None:
-        """The run has at least ``evaluations`` model evaluations inside the blending window:
-        an ``auto`` vote needing more could never decide (blending would silently stay off),
-        so it is shortened to that many, with a warning."""
+        """The run has at least ``evaluations`` model evaluations inside the blending window.
+        An ``auto`` vote of v evaluations blends only from the v-th on: one that would take
+        more than half of the window (blending in its last evaluation only, at the lowest
+        noise, is as good as none) is shortened to half of it (at least 1), with a warning."""
         needed = self.options.prior.auto_vote_evaluations
-        if self.options.prior.orientation != PriorOrientation.AUTO or not 0 < evaluations < needed:
+        allowed = max(1, evaluations // 2)
+        if self.options.prior.orientation != PriorOrientation.AUTO or evaluations <= 0 or needed <= allowed:
             return
         log.warning(
-            "LayerFusion: auto_vote_evaluations is %d but the blending window of this run has only %d "
-            "evaluation(s); the orientation vote uses %d so that blending can start",
+            "LayerFusion: auto_vote_evaluations is %d but the blending window of this run has %d "
+            "evaluation(s): the orientation vote uses %d, so that blending covers the rest of the window",
             needed,
             evaluations,
-            evaluations,
+            allowed,
         )
-        self.prior_masks.vote_evaluations = evaluations
+        self.prior_masks.vote_evaluations = allowed
         self.reset()
 
     # -- per run and per evaluation ---------------------------------------------------------
@@ -114,8 +138,14 @@ class LayerFusionController:
     def begin_evaluation(self, active: bool, coupled: bool = False) -> None:
         """Start of one model evaluation; ``active`` = inside the blending step range,
         ``coupled`` = inside the layers' attention-couple window."""
+        self.masks.settle_vote()  # the previous evaluation's vote, before this one's calls
         self.recorder.begin_evaluation(active, coupled)
         self.masks.begin_evaluation()
+
+    def settle_vote(self) -> None:
+        """Count the orientation votes cast in the model calls so far (it reads them back from
+        the device): the host calls it between calls, after a prior pass."""
+        self.masks.settle_vote()
 
     @property
     def uses_prior_pass(self) -> bool:

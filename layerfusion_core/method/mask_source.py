@@ -14,6 +14,7 @@ import logging
 
 import torch
 
+from ..formats import LATENT_CELL
 from ..options import BlockKey, ContentTiming, LayerFusionOptions, PriorOrientation, PriorTiming
 from .priors import OrientationVote, blend_masks, orient, resize_prior
 from .recorder import Maps, PriorRecorder
@@ -49,9 +50,15 @@ class PriorMasks:
         """Start of a sampling run: a new orientation vote, no masks."""
         self.vote = OrientationVote(self.options.prior.orientation, self.vote_evaluations)
         self._cache: dict[BlockKey, StreamMasks] = {}
+        self._voted = False
 
     def begin_evaluation(self) -> None:
         self._cache = {}
+        self._voted = False
+
+    def settle_vote(self) -> None:
+        """Count this run's pending orientation votes (between model calls: it reads them)."""
+        self.vote.settle()
 
     def observe_vote(self) -> None:
         """Let the orientation vote see this evaluation's maps of the back-most FG stream,
@@ -61,12 +68,15 @@ class PriorMasks:
         content = maps.content.get((stream, self.structure_block))
         if (
             self.vote.decided is None
+            and not self._voted
             and self.recorder.active
             and sparsity is not None
             and content is not None
         ):
             grid = maps.content_grid[self.structure_block]
-            self.vote.observe(sparsity, resize_prior(content, grid, maps.sparsity_grid))
+            # Kept on its device: the run settles the vote between model calls (settle_vote).
+            self.vote.observe(sparsity, resize_prior(content, grid, maps.sparsity_grid), settle=False)
+            self._voted = True
 
     def _maps_in_use(self) -> tuple[Maps | None, Maps | None]:
         """(structure source, content source) for this evaluation's masks."""
@@ -117,6 +127,7 @@ class PriorMasks:
     def final_masks(self) -> tuple[StreamMasks, tuple[int, int]] | None:
         """(masks, grid) at the structure block from the latest recorded maps (the last
         evaluation's), or None when nothing was recorded."""
+        self.settle_vote()
         maps = self.recorder.latest
         if maps is None:
             return None
@@ -152,6 +163,9 @@ class _RegionMasks:
 
     def observe_vote(self) -> None:
         self.source.observe_vote()
+
+    def settle_vote(self) -> None:
+        self.source.settle_vote()
 
 
 class RegionGatedMasks(_RegionMasks):
@@ -224,7 +238,10 @@ class GivenRegionMasks(_RegionMasks):
             if self.needs_priors:
                 return None
             height, width = next(iter(self.regions.values())).shape
-            grid = (height // 8, width // 8)  # every layer given: the regions at latent size
+            grid = (
+                height // LATENT_CELL,
+                width // LATENT_CELL,
+            )  # every layer given: the regions at latent size
             return self._masks(None, grid), grid
         masks, grid = final
         return self._masks(masks, grid), grid

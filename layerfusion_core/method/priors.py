@@ -101,12 +101,15 @@ def content_prior(
     k_text: torch.Tensor,
     heads: int,
     eos_index: int | torch.Tensor | None,
+    check_range: bool = True,
 ) -> torch.Tensor:
     """Content confidence prior c [B, T]: head-mean cross-attention probability of the EOS token.
 
     q: [B, T, heads*dim]; k_text: [B, L, heads*dim]; eos_index: int, LongTensor [B] (a
     global index into the L context tokens), or None for the fallback (mean over columns
-    1..76 of the first window).
+    1..76 of the first window). ``check_range``: refuse an index outside the L tokens (a
+    check that reads the index back from its device; a run checks its indices once, when it
+    is prepared, and passes False).
 
     One batched product over the heads gives the logits [B, heads, T, L] (float32, the only
     buffer of that size); each row's log-normaliser (logsumexp over the L tokens) turns the
@@ -120,7 +123,7 @@ def content_prior(
             raise ValueError(f"content_prior: context of {length} tokens has no columns after BOS")
     else:
         eos = torch.as_tensor(eos_index, dtype=torch.long, device=q.device).reshape(-1).expand(b)
-        if (eos < 0).any() or (eos >= length).any():
+        if check_range and ((eos < 0).any() or (eos >= length).any()):
             raise ValueError(f"content_prior: eos_index {eos.tolist()} outside the {length} context tokens")
     logits = torch.matmul(qh, kh.transpose(-1, -2)).mul_(1.0 / math.sqrt(d))  # [B, h, T, L]
     log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # [B, h, T, 1]
@@ -156,19 +159,6 @@ def resize_prior(prior: torch.Tensor, src_hw: tuple[int, int], dst_hw: tuple[int
     return F.interpolate(grid, size=tuple(dst_hw), mode="area").reshape(b, -1)
 
 
-def token_grid(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
-    """The (h, w) grid of ``tokens`` tokens at a UNet level of a latent of size ``latent_hw``.
-
-    Each UNet level halves with ceil rounding, so walk down until the product matches.
-    """
-    h, w = latent_hw
-    for _ in range(8):
-        if h * w == tokens:
-            return h, w
-        h, w = (h + 1) // 2, (w + 1) // 2
-    raise ValueError(f"token_grid: {tokens} tokens match no level of a {latent_hw[0]}x{latent_hw[1]} latent")
-
-
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson correlation per row of two [B, T] maps -> [B] (0 where a map is flat)."""
     a = a.float() - a.float().mean(dim=-1, keepdim=True)
@@ -183,6 +173,8 @@ class OrientationVote:
     Each observed evaluation votes for the orientation whose s' correlates positively
     with the content prior taken at the same block; after ``evaluations`` votes the
     majority decides (a tie keeps the paper's dense) and the decision never changes.
+    ``observe(..., settle=False)`` only keeps the correlation (a tensor, left on its device)
+    and ``settle()`` reads it: a run settles between model calls, never inside one.
     """
 
     def __init__(self, orientation: PriorOrientation, evaluations: int = 1) -> None:
@@ -190,12 +182,28 @@ class OrientationVote:
         self._requested = orientation
         self._needed = evaluations
         self._votes: list[PriorOrientation] = []
+        self._pending: list[torch.Tensor] = []
         self.decided: PriorOrientation | None = None if orientation == PriorOrientation.AUTO else orientation
 
-    def observe(self, normalised_sparsity: torch.Tensor, content: torch.Tensor) -> None:
-        if self.decided is not None:
+    @property
+    def observed(self) -> int:
+        """Votes cast so far, settled or not."""
+        return len(self._votes) + len(self._pending)
+
+    def observe(self, normalised_sparsity: torch.Tensor, content: torch.Tensor, settle: bool = True) -> None:
+        if self.decided is not None or self.observed >= self._needed:
             return
-        dense_corr = correlation(1.0 - normalised_sparsity, content).mean().item()
+        self._pending.append(correlation(1.0 - normalised_sparsity, content).mean())
+        if settle:
+            self.settle()
+
+    def settle(self) -> None:
+        """Count the pending votes (reading their values) and decide once enough are in."""
+        pending, self._pending = self._pending, []
+        for correlation_value in pending:
+            self._count(float(correlation_value))
+
+    def _count(self, dense_corr: float) -> None:
         self._votes.append(PriorOrientation.DENSE if dense_corr >= 0 else PriorOrientation.SPARSE)
         log.debug(
             "LayerFusion orientation vote %d: corr(dense, content) = %.4f", len(self._votes), dense_corr

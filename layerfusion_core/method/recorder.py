@@ -27,9 +27,6 @@ class Maps:
     def has_structure(self) -> bool:
         return bool(self.sparsity)
 
-    def content_blocks(self) -> set[BlockKey]:
-        return {block for _, block in self.content}
-
 
 class PriorRecorder:
     """What the hooks recorded, evaluation by evaluation, in one sampling run."""

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layers.placement import LATENT_CELL, Placement, place_latent_cells, place_latent_resampled
+from ..formats import ALPHA, LATENT_CELL, RGB
+from ..layers.placement import Placement, place_latent_cells, place_latent_resampled
 from .latent_pins import Pin
-
-RGB = 3
 
 
 @dataclass(frozen=True)
@@ -89,16 +88,16 @@ def alpha_over(layers: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
     """Straight-RGBA layers [N, H, W, 4], back to front, over an RGB ``base`` [N, H, W, 3]."""
     out = base[..., :RGB].float()
     for layer in layers:
-        alpha = layer[..., RGB:].float()
+        alpha = layer[..., ALPHA:].float()
         out = torch.lerp(out, layer[..., :RGB].float(), alpha)
     return out.clamp(0, 1)
 
 
 def union_alpha(layers: list[torch.Tensor]) -> torch.Tensor:
     """[N, H, W] coverage of straight-RGBA layers: 1 - prod_k (1 - a_k)."""
-    free = torch.ones_like(layers[0][..., RGB].float())
+    free = torch.ones_like(layers[0][..., ALPHA].float())
     for layer in layers:
-        free = free * (1.0 - layer[..., RGB].float())
+        free = free * (1.0 - layer[..., ALPHA].float())
     return 1.0 - free
 
 

@@ -10,15 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
+from ..formats import Conditioning
 from ..options import BlendMode, LayerFusionOptions, NoiseOptions, require_finite
 from .latent_pins import Pin
 from .streams import Stream, StreamRole, StreamSet
 
-Conditioning = list[list[Any]]
+SEED_RANGE = 2**64  # KSampler's seed widget: 0 .. 2^64 - 1
+
+
+def layer_seed(seed: int, index: int) -> int:
+    """The seed of layer ``index`` derived from the run's ``seed``: ``seed + index``, wrapped
+    into the seed widget's range (seed 2^64 - 1 gives layer 1 the seed 0)."""
+    return (seed + index) % SEED_RANGE
+
+
+def signed_seed(seed: int) -> int:
+    """``seed`` as a signed 64-bit number: the same generator state in torch (which reads a
+    negative seed modulo 2^64), with room for the ``seed + 1`` newer ComfyUIs draw CPU step noise
+    from (at 2^64 - 1 that overflows in a plain KSampler too)."""
+    return seed - SEED_RANGE if seed >= SEED_RANGE // 2 else seed
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,28 @@ class SamplerSettings:
 
 
 @dataclass(frozen=True)
+class RunPolicy:
+    """What a run's given parts mean: the three behaviours in which a decomposition (an
+    image's layers, LAYERS.md 3.3) differs from a text run."""
+
+    regions_are_masks: bool = False
+    """A layer's box or mask is its mask itself (else it gates the layer's priors)."""
+    blend_into_blended: bool = True
+    """Eq. 1: the layers blend into BLENDED (off where BLENDED is pinned to an image)."""
+    paste_regions: bool = True
+    """FG layers with a region are pasted into BLENDED early (their z_T differs from BLENDED's;
+    a decomposition's streams share z_T, so there is nothing to align)."""
+
+    @classmethod
+    def text(cls) -> RunPolicy:
+        return cls()
+
+    @classmethod
+    def decomposition(cls) -> RunPolicy:
+        return cls(regions_are_masks=True, blend_into_blended=False, paste_regions=False)
+
+
+@dataclass(frozen=True)
 class RunPlan:
     stream_set: StreamSet
     prompts: Mapping[Stream, Conditioning]
@@ -58,9 +93,8 @@ class RunPlan:
     start: torch.Tensor | None = None
     """[N, C, h, w] in the LATENT's space: the state every stream starts from at the schedule's
     first sigma (an inverted image's z_T); None: the latent plus the seed's noise."""
-    decompose: bool = False
-    """BLENDED is an image being decomposed (pinned): nothing blends into it, and a layer's box
-    or mask is its mask rather than a gate on its priors (LAYERS.md 3.3)."""
+    policy: RunPolicy = field(default_factory=RunPolicy.text)
+    """What the regions and BLENDED mean in this run (a text run, or a decomposition)."""
 
     def __post_init__(self) -> None:
         missing = [self.stream_set.name(s) for s in self.stream_set.streams if self.prompts.get(s) is None]
@@ -99,11 +133,6 @@ class RunPlan:
         stream_set = StreamSet(foregrounds=1, blended=options.blend.mode == BlendMode.GENERATIVE)
         by_role = {StreamRole.FG: fg, StreamRole.BG: bg, StreamRole.BLENDED: blended}
         return cls(stream_set, {s: by_role[s.role] for s in stream_set.streams}, negative, latent, options)
-
-    @property
-    def window(self) -> tuple[float, float]:
-        """(start, end) percent of blending and sharing."""
-        return (self.options.blend.start_percent, self.options.blend.end_percent)
 
     @property
     def noise(self) -> NoiseOptions:

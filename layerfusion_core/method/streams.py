@@ -169,9 +169,13 @@ class CallLayout:
         key = ("role", role, str(device))
         cached = self._device_indices.get(key)
         if cached is None:
-            rows = [i for i, is_role in enumerate(self.role_mask(role)) if is_role]
-            cached = self._device_indices[key] = torch.tensor(rows, dtype=torch.long, device=device)
+            cached = torch.tensor(self.role_rows(role), dtype=torch.long, device=device)
+            self._device_indices[key] = cached
         return cached
+
+    def role_rows(self, role: StreamRole) -> tuple[int, ...]:
+        """Row indices of every stream of ``role``, in row order (Python ints: no tensor)."""
+        return tuple(i for i, is_role in enumerate(self.role_mask(role)) if is_role)
 
     def image_tensor(self, stream: Stream, device: torch.device | str = "cpu") -> torch.Tensor:
         """``images_of(stream)`` as a LongTensor on ``device`` (cached per device)."""

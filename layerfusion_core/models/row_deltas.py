@@ -31,7 +31,9 @@ BaseForward = Callable[[torch.Tensor], torch.Tensor]
 class RowSelection:
     """Which rows of the current call get the FG delta; set per UNet call by the host.
 
-    ``indices`` is None when no row is selected (the module then behaves like its base).
+    ``indices`` is None when no row is selected (the module then behaves like its base);
+    ``positions`` the same rows as Python ints when the host knows them (so the row runs are
+    found without reading the index tensor back from the device).
     ``weights_id`` names the model's base weights for the merged copies (see
     ``merged_weights``); ``merge_allowed`` is False while the host may change weights inside
     a run (the merged path then falls back to the on-the-fly delta, right for any weights).
@@ -39,6 +41,7 @@ class RowSelection:
 
     def __init__(self) -> None:
         self.indices: torch.Tensor | None = None
+        self.positions: tuple[int, ...] | None = None
         self.weights_id: object | None = None
         self.merge_allowed = True
         self._memo: tuple | None = None  # (indices, batch, runs) of the last lookup
@@ -57,7 +60,8 @@ class RowSelection:
         memo = self._memo
         if memo is not None and memo[0] is indices and memo[1] == batch:
             return memo[2]
-        key = (tuple(indices.tolist()), batch)
+        positions = self.positions if self.positions is not None else tuple(indices.tolist())
+        key = (positions, batch)
         runs = self._runs.get(key)
         if runs is None:
             chosen = set(key[0])

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..formats import LATENT_CELL
 from .transparent_vae_blocks import DownBlock, MidBlock, UpBlock, group_norm
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ LATENT_BLOCK = 3  # latent features join the hidden state right before this down
 PIXEL_CHANNELS = 3
 LATENT_CHANNELS = 4
 OUT_CHANNELS = 4
-LATENT_SCALE = 8
 SIZE_MULTIPLE = 2 ** (len(BLOCK_OUT_CHANNELS) - 1)  # six stride-2 downsamplers -> 64
 
 # Test-time augmentation: (flip W first?, then rot90 k times over (H, W)).
@@ -41,7 +41,7 @@ ProgressFn = Callable[[int, int], None]
 
 def pixel_size(latent_hw) -> list[int]:
     """[H, W] of the image a latent of spatial size ``latent_hw`` (h, w) decodes to."""
-    return [int(latent_hw[0]) * LATENT_SCALE, int(latent_hw[1]) * LATENT_SCALE]
+    return [int(latent_hw[0]) * LATENT_CELL, int(latent_hw[1]) * LATENT_CELL]
 
 
 class TransparentDecoder(nn.Module):
@@ -227,7 +227,7 @@ def pad_to_multiple(pixel: Tensor, latent: Tensor, multiple: int) -> tuple[Tenso
     if not (pad_h or pad_w):
         return pixel, latent
     pixel = F.pad(pixel, (0, pad_w, 0, pad_h), mode="replicate")
-    latent = F.pad(latent, (0, pad_w // LATENT_SCALE, 0, pad_h // LATENT_SCALE), mode="replicate")
+    latent = F.pad(latent, (0, pad_w // LATENT_CELL, 0, pad_h // LATENT_CELL), mode="replicate")
     return pixel, latent
 
 

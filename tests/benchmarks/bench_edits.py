@@ -47,7 +47,7 @@ import bench_triplet as bench
 from layerfusion_core.comfy_runtime import SamplerSettings
 from layerfusion_core.comfy_runtime.conditioning import EOS_KEY
 from layerfusion_core.layers.placement import Placement
-from layerfusion_core.layers.prompts import LayerChain, LayerPrompt
+from layerfusion_core.layers.prompts import LayerChain, LayeredPrompts, LayerPrompt
 from layerfusion_core.options import LayerFusionOptions, ReharmonizeOptions
 
 VARIANTS = ("layers", "reharmonize", "decompose")
@@ -93,7 +93,7 @@ class EditRuns:
 
         setup = self.setup
         bundle = sample_layered(
-            setup.model, setup.weights, self.chain, setup.bg, setup.blended, setup.negative,
+            setup.model, setup.weights, LayeredPrompts(self.chain, setup.bg, setup.blended, setup.negative),
             {"samples": setup.empty_latent(1)}, self.settings, LayerFusionOptions(),
         )  # fmt: skip
         if self.decoded is None:
@@ -118,8 +118,8 @@ class EditRuns:
 
         setup = self.setup
         bundle = decompose(
-            setup.model, setup.weights, self.vae, self.image, self.chain, setup.bg, setup.blended,
-            setup.negative, self.settings, LayerFusionOptions(),
+            setup.model, setup.weights, self.vae, self.image,
+            LayeredPrompts(self.chain, setup.bg, setup.blended, setup.negative), self.settings, LayerFusionOptions(),
         )  # fmt: skip
         return list(bundle.latents.values())
 

@@ -56,7 +56,7 @@ def test_sharing_modes_match_float64_reference(mode):
     p, t, heads, d = 2, 9, 2, 4
     qb, kb, vb, qg, kg, vg = (rand(p, t, heads * d, seed=i) for i in range(6))
     hard = torch.rand(p, t)
-    out_b, out_g = shared_attention(qb, kb, vb, qg, kg, vg, heads, mode, hard, epsilon=1e-6)
+    out_b, out_g = shared_attention((qb, kb, vb), (qg, kg, vg), heads, mode, hard, epsilon=1e-6)
     ks, vs = torch.cat([kb, kg], 1), torch.cat([vb, vg], 1)
     bias = torch.cat([torch.log(1 - hard.double() + 1e-6), torch.zeros(p, t, dtype=torch.float64)], 1)
     expected = {
@@ -75,10 +75,10 @@ def test_masked_sharing_hides_the_object_from_bg():
     qb, kb, vb, qg, kg, vg = (rand(p, t, c, seed=10 + i) for i in range(6))
     hard = torch.zeros(p, t)
     hard[:, 2:5] = 1.0
-    _, out_g = shared_attention(qb, kb, vb, qg, kg, vg, 2, SharingMode.MASKED, hard, epsilon=1e-12)
+    _, out_g = shared_attention((qb, kb, vb), (qg, kg, vg), 2, SharingMode.MASKED, hard, epsilon=1e-12)
     vb2 = vb.clone()
     vb2[:, 2:5] += 100.0
-    _, out_g2 = shared_attention(qb, kb, vb2, qg, kg, vg, 2, SharingMode.MASKED, hard, epsilon=1e-12)
+    _, out_g2 = shared_attention((qb, kb, vb2), (qg, kg, vg), 2, SharingMode.MASKED, hard, epsilon=1e-12)
     torch.testing.assert_close(out_g, out_g2, atol=1e-6, rtol=0)
 
 
@@ -91,7 +91,9 @@ def test_masked_bias_is_per_key_never_per_query():
         return sdpa_attention(q, k, v, heads, mask)
 
     args = [rand(3, 16, 8, seed=i) for i in range(6)]
-    shared_attention(*args, 2, SharingMode.MASKED, torch.rand(3, 16), attention=spy)
+    shared_attention(
+        tuple(args[:3]), tuple(args[3:]), 2, SharingMode.MASKED, torch.rand(3, 16), attention=spy
+    )
     assert seen["shape"] == (6, 1, 32)  # BLENDED and BG queries fused: 2 x 3 pairs, one bias per key
 
 
@@ -105,4 +107,4 @@ def test_suppression_bias_values():
 def test_masked_mode_needs_a_mask():
     args = [rand(1, 4, 4, seed=i) for i in range(6)]
     with pytest.raises(ValueError, match="hard mask"):
-        shared_attention(*args, 1, SharingMode.MASKED, None)
+        shared_attention(tuple(args[:3]), tuple(args[3:]), 1, SharingMode.MASKED, None)

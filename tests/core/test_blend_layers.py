@@ -105,7 +105,9 @@ def test_bg_never_attends_to_blended_keys_inside_any_layers_hard_mask():
     first[:, :2] = 1.0
     second[:, 5:] = 1.0
     union = union_mask([first, second])
-    _, out_bg = shared_attention(q_bl, k_bl, v_bl, q_bg, k_bg, v_bg, heads, SharingMode.MASKED, union, 1e-6)
+    _, out_bg = shared_attention(
+        (q_bl, k_bl, v_bl), (q_bg, k_bg, v_bg), heads, SharingMode.MASKED, union, 1e-6
+    )
     # Reference: BG over [K_blend outside both objects; K_bg], as if the inside keys were absent.
     keep = (union[0] < 0.5).nonzero().flatten()
     k_ref = torch.cat([k_bl[:, keep], k_bg], dim=1)

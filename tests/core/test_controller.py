@@ -3,7 +3,7 @@ attention policy): what the hooks record, when they blend and share."""
 
 import torch
 
-from layerfusion_core.architectures.sdxl import build_layout
+from layerfusion_core.architectures.sdxl import UNetShape, build_layout
 from layerfusion_core.method.blend import sdpa_attention
 from layerfusion_core.method.controller import AttentionCall, LayerFusionController, Phase
 from layerfusion_core.method.streams import CallLayout, Stream, StreamRole, StreamSet, split
@@ -16,7 +16,9 @@ from layerfusion_core.options import (
     SharingMode,
 )
 
-UNET = build_layout("tiny", 8, (1, 2), (1, 1), (1, 1), (1, 1, 1, 1), 1, context_dim=8, num_head_channels=4)
+UNET = build_layout(
+    "tiny", UNetShape(8, (1, 2), (1, 1), (1, 1), (1, 1, 1, 1), 1, context_dim=8, num_head_channels=4)
+)
 LAST = UNET.last_block.key
 GRID = (4, 4)
 FG, BG, BL = Stream(StreamRole.FG), Stream(StreamRole.BG), Stream(StreamRole.BLENDED)
@@ -38,7 +40,7 @@ def prior_pass(ctrl, images=1):
     layout = CallLayout.for_call(StreamSet(), [0], images, fg_only=True)
     q, k, v = qkv(images)
     ctrl.self_attention(q, k, v, call(Phase.PRIOR, LAST, layout))
-    for block in sorted(ctrl.content_blocks):
+    for block in sorted(ctrl.scope.content_blocks):
         qt, kt, vt = qkv(images, seed=1)
         ctrl.cross_attention(qt, kt[:, :8], vt[:, :8], call(Phase.PRIOR, block, layout))
 
@@ -51,7 +53,7 @@ def test_prior_pass_records_maps_and_main_call_blends_only_fg_and_blended():
     assert ctrl.uses_prior_pass
     prior_pass(ctrl)
     assert ctrl.recorder.recording.sparsity[FG].shape == (1, 16)
-    assert ctrl.recorder.recording.content_blocks() == ctrl.content_blocks
+    assert {block for _, block in ctrl.recorder.recording.content} == ctrl.scope.content_blocks
     layout = CallLayout.for_call(StreamSet(), [1, 0], 6)
     out = torch.randn(6, 16, 8)
     blended = ctrl.blend_output(out.clone(), call(Phase.MAIN, LAST, layout), "attn1")
@@ -115,7 +117,7 @@ def test_alpha_mode_records_in_main_and_never_blends():
     layout = CallLayout.for_call(StreamSet(blended=False), [0], 2)
     q, k, v = qkv(2)
     ctrl.self_attention(q, k, v, call(Phase.MAIN, LAST, layout))
-    for block in ctrl.content_blocks:
+    for block in ctrl.scope.content_blocks:
         ctrl.cross_attention(q, k[:, :8], v[:, :8], call(Phase.MAIN, block, layout))
     masks, grid = ctrl.final_masks()
     assert set(masks) == {FG}
@@ -128,7 +130,7 @@ def main_call(ctrl, seed=5):
     layout = CallLayout.for_call(StreamSet(), [0], 3)
     q, k, v = qkv(3, seed=seed)
     ctrl.self_attention(q, k, v, call(Phase.MAIN, LAST, layout))
-    for block in sorted(ctrl.content_blocks):
+    for block in sorted(ctrl.scope.content_blocks):
         qt, kt, vt = qkv(3, seed=seed + 1)
         ctrl.cross_attention(qt, kt[:, :8], vt[:, :8], call(Phase.MAIN, block, layout))
     return layout
@@ -155,7 +157,7 @@ def test_outside_the_window_no_prior_pass_runs_and_the_main_call_records():
     main_call(ctrl)
     assert (
         ctrl.recorder.recording.has_structure
-        and ctrl.recorder.recording.content_blocks() == ctrl.content_blocks
+        and {block for _, block in ctrl.recorder.recording.content} == ctrl.scope.content_blocks
     )
     assert ctrl.final_masks() is not None
     ctrl.begin_evaluation(active=True)

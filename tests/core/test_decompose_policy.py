@@ -4,13 +4,16 @@ BLENDED's keys inside the mask while it does outside."""
 
 import torch
 
-from layerfusion_core.architectures.sdxl import build_layout
+from layerfusion_core.architectures.sdxl import UNetShape, build_layout
 from layerfusion_core.method.blend import blend_into_layers, sdpa_attention, visibilities
 from layerfusion_core.method.controller import AttentionCall, LayerFusionController, Phase
+from layerfusion_core.method.run_plan import RunPolicy
 from layerfusion_core.method.streams import CallLayout, Stream, StreamRole, StreamSet, merge, split
 from layerfusion_core.options import LayerFusionOptions
 
-UNET = build_layout("tiny", 8, (1, 2), (1, 1), (1, 1), (1, 1, 1, 1), 1, context_dim=8, num_head_channels=4)
+UNET = build_layout(
+    "tiny", UNetShape(8, (1, 2), (1, 1), (1, 1), (1, 1, 1, 1), 1, context_dim=8, num_head_channels=4)
+)
 LAST = UNET.last_block.key
 GRID = (4, 4)
 FG, BG, BL = Stream(StreamRole.FG), Stream(StreamRole.BG), Stream(StreamRole.BLENDED)
@@ -29,7 +32,14 @@ def inside_tokens() -> torch.Tensor:
 
 
 def controller(decompose: bool = True) -> LayerFusionController:
-    ctrl = LayerFusionController(LayerFusionOptions(), UNET, SET, None, {FG: region()}, decompose=decompose)
+    ctrl = LayerFusionController(
+        LayerFusionOptions(),
+        UNET,
+        SET,
+        None,
+        {FG: region()},
+        policy=RunPolicy.decomposition() if decompose else RunPolicy.text(),
+    )
     ctrl.begin_evaluation(active=True)
     return ctrl
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from support.manifests import load_manifest
 
-from layerfusion_core.architectures.sdxl import SDXL, build_layout
+from layerfusion_core.architectures.sdxl import SDXL, UNetShape, build_layout
 from layerfusion_core.models.fg_weights import (
     ForegroundWeightsError,
     LoraFactors,
@@ -14,7 +14,9 @@ from layerfusion_core.models.fg_weights import (
 from layerfusion_core.models.row_deltas import RowDelta, RowSelection, make_row_delta_module
 from layerfusion_core.options import WeightApplication
 
-TINY = build_layout("tiny", 8, (1, 2), (1, 1), (1, 1), (1, 1, 1, 1), 1, context_dim=12, num_head_channels=4)
+TINY = build_layout(
+    "tiny", UNetShape(8, (1, 2), (1, 1), (1, 1), (1, 1, 1, 1), 1, context_dim=12, num_head_channels=4)
+)
 
 
 def lora_state_dict(layout, rank=3, seed=0, swap=False):

@@ -15,9 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from layerfusion_headless.downloads import saved_files
+from layerfusion_headless.downloads import SavedFile, download_saved, saved_files
+from layerfusion_headless.errors import RunError
 
 RUN = Path(__file__).resolve().parents[2] / "tools" / "layerfusion_run.py"
+HANG_LIMIT_S = 20 * 60
+"""A command is stopped only when it hangs: a slow or busy machine is no failure."""
+JOB_TIMEOUT_S = 15 * 60
+"""--timeout for a job the fake server loses: the command must end by saying so, not by
+waiting this out (which would end in "did not finish within")."""
 
 OBJECT_INFO = {
     "EmptyImage": {
@@ -70,9 +76,9 @@ def ui_workflow() -> dict[str, Any]:
     }
 
 
-def run_command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_command(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(RUN), *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, str(RUN), *args], capture_output=True, text=True, timeout=HANG_LIMIT_S, check=False
     )
 
 
@@ -162,8 +168,14 @@ def test_a_set_of_an_input_the_node_lacks_is_refused(tmp_path, info_file):
 
 
 class FakeServer:
-    def __init__(self, mode: str) -> None:
+    """``closes``: the websocket closes right after queueing; ``dies``: the whole server stops;
+    ``done``: the job ends at once and its history reports ``files`` (filename, subfolder),
+    which /view serves as ``body``."""
+
+    def __init__(self, mode: str, files: list[tuple[str, str]] | None = None, body: bytes = b"new") -> None:
         self.mode = mode
+        self.files = files or [("ok_00001_.png", "")]
+        self.body = body
         self.posted: list[Any] = []
         self.loop = asyncio.new_event_loop()
         self.url = ""
@@ -192,19 +204,30 @@ class FakeServer:
             await socket.prepare(request)
             while not self.posted:
                 await asyncio.sleep(0.05)
+            if self.mode == "done":
+                prompt_id = self.posted[-1]["prompt_id"]
+                await socket.send_json({"type": "executing", "data": {"node": None, "prompt_id": prompt_id}})
             await asyncio.sleep(0.1)
             await socket.close()
             return socket
 
         async def history(request):
-            return web.json_response({})
+            prompt_id = request.match_info["id"]
+            if self.mode != "done" or not self.posted or self.posted[-1]["prompt_id"] != prompt_id:
+                return web.json_response({})
+            images = [{"filename": f, "subfolder": s, "type": "output"} for f, s in self.files]
+            entry = {"status": {"status_str": "success"}, "outputs": {"2": {"images": images}}}
+            return web.json_response({prompt_id: entry})
+
+        async def view(request):
+            return web.Response(body=self.body, content_type="image/png")
 
         async def queue(request):
             return web.json_response({"queue_running": [], "queue_pending": []})
 
         app.add_routes([
             web.get("/object_info", object_info), web.post("/prompt", prompt), web.get("/ws", ws),
-            web.get("/history/{id}", history), web.get("/queue", queue),
+            web.get("/history/{id}", history), web.get("/queue", queue), web.get("/view", view),
         ])  # fmt: skip
         self.runner = web.AppRunner(app)
         self.loop.run_until_complete(self.runner.setup())
@@ -232,7 +255,8 @@ class FakeServer:
 @pytest.fixture
 def fake(request) -> Iterator[FakeServer]:
     pytest.importorskip("aiohttp")
-    with FakeServer(request.param) as server:
+    mode, *files = request.param if isinstance(request.param, tuple) else (request.param,)
+    with FakeServer(mode, list(files) or None) as server:
         yield server
 
 
@@ -241,8 +265,9 @@ def queue_api_prompt(tmp_path: Path, server: FakeServer) -> tuple[subprocess.Com
     path.write_text(json.dumps(API_PROMPT))
     started = time.monotonic()
     result = run_command(
-        "--server", server.url, "--workflow", str(path), "--out", str(tmp_path / "out"), timeout=60
-    )
+        "--server", server.url, "--workflow", str(path), "--out", str(tmp_path / "out"),
+        "--timeout", str(JOB_TIMEOUT_S),
+    )  # fmt: skip
     return result, time.monotonic() - started
 
 
@@ -252,7 +277,7 @@ def test_a_websocket_closing_mid_run_is_said_and_the_lost_job_stops_the_wait(tmp
     assert result.returncode == 1, result.stderr
     assert "the websocket to" in result.stderr and "closed before the job ended" in result.stderr
     assert "is neither queued, running nor finished" in result.stderr.strip().splitlines()[-1]
-    assert took < 30
+    assert took < JOB_TIMEOUT_S and "did not finish within" not in result.stderr
 
 
 @pytest.mark.parametrize("fake", ["dies"], indirect=True)
@@ -261,14 +286,14 @@ def test_a_server_dying_mid_run_is_not_reported_as_never_started(tmp_path, fake)
     assert result.returncode == 3, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert "stopped answering while the job ran" in last and "start it first" not in last
-    assert took < 30
+    assert took < JOB_TIMEOUT_S and "did not finish within" not in result.stderr
 
 
 @pytest.mark.parametrize("fake", ["closes"], indirect=True)
 def test_a_ui_workflow_is_sent_as_extra_png_info(tmp_path, fake):
     path = tmp_path / "ui.json"
     path.write_text(json.dumps(ui_workflow()))
-    run_command("--server", fake.url, "--workflow", str(path), "--out", str(tmp_path / "out"), timeout=60)
+    run_command("--server", fake.url, "--workflow", str(path), "--out", str(tmp_path / "out"))
     assert fake.posted and fake.posted[0]["extra_data"]["extra_pnginfo"]["workflow"] == ui_workflow()
 
 
@@ -286,3 +311,215 @@ def test_files_reported_besides_the_shown_images_are_collected():
     }
     names = [f.filename for f in saved_files(entry)]
     assert names == ["l_00001_fg.png", "l_00001_soft_mask.png", "l_00001_layers.psd"]
+
+
+# -- downloads: never over a file already in --out, never outside it --
+
+
+class StubClient:
+    """What download_saved needs of ComfyClient: /view answers ``body``."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.asked: list[str] = []
+
+    def get_bytes(self, path: str) -> bytes:
+        self.asked.append(path)
+        return self.body
+
+
+def test_a_download_never_replaces_a_file_already_in_out(tmp_path):
+    out = tmp_path / "out"
+    (out / "L").mkdir(parents=True)
+    earlier = out / "L" / "l_00001_fg.png"
+    earlier.write_bytes(b"an earlier run")
+    files = [SavedFile("9", n, "L", "output") for n in ("l_00001_fg.png", "l_00001_bg.png")]
+    notes: list[str] = []
+    written = download_saved(StubClient(b"this run"), files, out, notes.append)
+    assert earlier.read_bytes() == b"an earlier run"
+    # One job's files keep one name pattern: the free bg name is numbered like the fg one.
+    assert written == [out / "L" / "l_00001_fg-2.png", out / "L" / "l_00001_bg-2.png"]
+    assert all(path.read_bytes() == b"this run" for path in written)
+    assert sorted(p.name for p in (out / "L").iterdir()) == [
+        "l_00001_bg-2.png", "l_00001_fg-2.png", "l_00001_fg.png",
+    ]  # fmt: skip
+    (note,) = notes
+    assert "l_00001_fg.png" in note and "l_00001_fg-2.png" in note
+
+
+def test_two_files_of_one_job_with_one_local_name_are_both_kept(tmp_path):
+    files = [SavedFile("9", "p.png", "", "output"), SavedFile("9", "p.png", "", "temp")]
+    written = download_saved(StubClient(b"x"), files, tmp_path)
+    assert written == [tmp_path / "p.png", tmp_path / "p-2.png"]
+
+
+HOSTILE_NAMES = [
+    ("..\\..\\evil.png", ""),
+    ("C:\\Windows\\evil.png", ""),
+    ("C:evil.png", ""),
+    ("\\\\server\\share\\x.png", ""),
+    ("x.png", "..\\.."),
+    ("x.png", "C:\\Windows"),
+    ("x.png", "C:"),
+    ("x.png", "\\\\server\\share"),
+    ("/etc/evil.png", ""),
+    ("x.png", "/etc"),
+    ("x.png", "//server/share"),
+    ("../evil.png", ""),
+    ("x.png", "a/../.."),
+]
+
+
+@pytest.mark.parametrize("filename,subfolder", HOSTILE_NAMES)
+def test_server_names_that_leave_out_on_some_system_are_refused_on_every_system(
+    tmp_path, filename, subfolder
+):
+    """A Windows path (backslashes, drive letters, UNC) is one harmless name on Linux, but the
+    same server answer makes the command write outside --out on Windows: refused everywhere,
+    naming the name, before anything is fetched."""
+    client = StubClient(b"x")
+    out = tmp_path / "out"
+    files = [SavedFile("9", "fine.png", "", "output"), SavedFile("9", filename, subfolder, "output")]
+    with pytest.raises(RunError) as caught:
+        download_saved(client, files, out)
+    bad = subfolder if subfolder else filename
+    assert repr(bad) in str(caught.value)
+    assert client.asked == []
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def run_job(tmp_path: Path, server: FakeServer, out: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "api.json"
+    path.write_text(json.dumps(API_PROMPT))
+    return run_command("--server", server.url, "--workflow", str(path), "--out", str(out))
+
+
+@pytest.mark.parametrize("fake", [("done", ("ok_00001_.png", ""))], indirect=True)
+def test_a_second_run_whose_server_counter_restarted_keeps_the_first_runs_file(tmp_path, fake):
+    out = tmp_path / "out"
+    first = run_job(tmp_path, fake, out)
+    assert first.returncode == 0, first.stderr
+    fake.body = b"second run"
+    second = run_job(tmp_path, fake, out)
+    assert second.returncode == 0, second.stderr
+    assert first.stdout.splitlines() == [str(out / "ok_00001_.png")]
+    assert second.stdout.splitlines() == [str(out / "ok_00001_-2.png")]
+    assert (out / "ok_00001_.png").read_bytes() == b"new"
+    assert (out / "ok_00001_-2.png").read_bytes() == b"second run"
+    assert "ok_00001_-2.png" in second.stderr  # said, not only printed as a path
+
+
+@pytest.mark.parametrize("fake", [("done", ("..\\..\\evil.png", ""))], indirect=True)
+def test_a_windows_path_from_the_server_is_one_line_and_nothing_is_written(tmp_path, fake):
+    out = tmp_path / "work" / "out"
+    result = run_job(tmp_path, fake, out)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: refusing") and repr("..\\..\\evil.png") in last, last
+    assert not out.exists() or not any(out.rglob("*"))
+    assert not [p for p in tmp_path.rglob("*evil*")]
+
+
+# -- the size options scale boxes and moves, which are pixels of the canvas --
+
+
+def int_input(low: int, high: int, step: int = 8) -> list[Any]:
+    return ["INT", {"default": 0, "min": low, "max": high, "step": step}]
+
+
+LAYOUT_INFO = {
+    "EmptyLatentImage": {
+        "input": {"required": {n: int_input(16, 16384) for n in ("width", "height")}},
+        "output": ["LATENT"],
+    },
+    "LayerFusionLayerPrompt": {
+        "input": {
+            "required": {n: int_input(0, 16384) for n in ("x", "y", "width", "height")},
+            "optional": {"layers": ["LAYERFUSION_LAYER_PROMPTS"]},
+        },
+        "output": ["LAYERFUSION_LAYER_PROMPTS"],
+    },
+    "LayerFusionLayersSampler": {
+        "input": {"required": {"layers": ["LAYERFUSION_LAYER_PROMPTS"], "latent_image": ["LATENT"]}},
+        "output": ["LAYERFUSION_LAYER_BUNDLE", "LATENT"],
+    },
+    "LayerFusionDecodeLayers": {
+        "input": {"required": {"bundle": ["LAYERFUSION_LAYER_BUNDLE"]}},
+        "output": ["LAYERFUSION_LAYER_BUNDLE"],
+    },
+    "LayerFusionReharmonize": {
+        "input": {
+            "required": {
+                "bundle": ["LAYERFUSION_LAYER_BUNDLE"],
+                **{f"fg{k}_d{a}": int_input(-16384, 16384) for k in (0, 1) for a in "xy"},
+            }
+        },
+        "output": ["LAYERFUSION_LAYER_BUNDLE"],
+    },
+}
+
+
+def layout_prompt(dx: int = -384) -> dict[str, Any]:
+    """A chain of two layers (the front one in a box) on a 1024x1024 canvas, sampled, decoded and
+    the front one moved by ``dx``: the shipped move-and-reharmonize workflow's layout."""
+    return {
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 1024, "height": 1024}},
+        "5": {"class_type": "LayerFusionLayerPrompt", "inputs": {"x": 0, "y": 0, "width": 0, "height": 0}},
+        "6": {
+            "class_type": "LayerFusionLayerPrompt",
+            "inputs": {"x": 512, "y": 384, "width": 384, "height": 512, "layers": ["5", 0]},
+        },
+        "7": {
+            "class_type": "LayerFusionLayersSampler",
+            "inputs": {"layers": ["6", 0], "latent_image": ["4", 0]},
+        },
+        "8": {"class_type": "LayerFusionDecodeLayers", "inputs": {"bundle": ["7", 0]}},
+        "9": {
+            "class_type": "LayerFusionReharmonize",
+            "inputs": {"bundle": ["8", 0], "fg0_dx": 0, "fg0_dy": 0, "fg1_dx": dx, "fg1_dy": 0},
+        },
+    }
+
+
+def print_layout(tmp_path: Path, prompt: dict[str, Any], *extra: str) -> dict[str, Any]:
+    (tmp_path / "layout.json").write_text(json.dumps(prompt))
+    (tmp_path / "layout_info.json").write_text(json.dumps(LAYOUT_INFO))
+    result = run_command(
+        "--workflow", str(tmp_path / "layout.json"), "--object-info", str(tmp_path / "layout_info.json"),
+        "--print-api", *extra,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def box(prompt: dict[str, Any], node_id: str) -> tuple[int, int, int, int]:
+    inputs = prompt[node_id]["inputs"]
+    return inputs["x"], inputs["y"], inputs["width"], inputs["height"]
+
+
+@pytest.mark.parametrize(
+    "size,expected_box,expected_dx",
+    [((256, 256), (128, 96, 96, 128), -96), ((512, 768), (256, 288, 192, 384), -192)],
+)
+def test_the_size_options_scale_boxes_and_moves_with_the_canvas(tmp_path, size, expected_box, expected_dx):
+    width, height = size
+    prompt = print_layout(tmp_path, layout_prompt(), "--width", str(width), "--height", str(height))
+    assert (prompt["4"]["inputs"]["width"], prompt["4"]["inputs"]["height"]) == size
+    assert box(prompt, "6") == expected_box
+    assert box(prompt, "5") == (0, 0, 0, 0)  # no box stays no box
+    assert (prompt["9"]["inputs"]["fg1_dx"], prompt["9"]["inputs"]["fg1_dy"]) == (expected_dx, 0)
+
+
+def test_scaled_values_stay_on_the_step_inside_the_canvas_and_a_set_wins(tmp_path):
+    # A move of nearly the whole canvas would round to the canvas's width: it stays shorter.
+    prompt = print_layout(tmp_path, layout_prompt(dx=-1016), "--width", "256", "--height", "256")
+    assert prompt["9"]["inputs"]["fg1_dx"] == -248
+    # 1024 -> 200: the box's edges at x 100 and 175, y 75 and 175 go onto the step of 8.
+    prompt = print_layout(tmp_path, layout_prompt(), "--width", "200", "--height", "200")
+    assert box(prompt, "6") == (104, 72, 72, 104)
+    # --width alone: only x and width scale.
+    prompt = print_layout(tmp_path, layout_prompt(), "--width", "512")
+    assert box(prompt, "6") == (256, 384, 192, 512)
+    sets = ("--set", "6.x=8", "--set", "9.fg1_dx=-16")
+    prompt = print_layout(tmp_path, layout_prompt(), "--width", "256", "--height", "256", *sets)
+    assert box(prompt, "6") == (8, 96, 96, 128) and prompt["9"]["inputs"]["fg1_dx"] == -16

@@ -4,13 +4,15 @@ layer's rows and only while the couple lasts."""
 
 import torch
 
-from layerfusion_core.architectures.sdxl import build_layout
+from layerfusion_core.architectures.sdxl import UNetShape, build_layout
 from layerfusion_core.method.blend import sdpa_attention
 from layerfusion_core.method.controller import AttentionCall, LayerFusionController, Phase
 from layerfusion_core.method.streams import CallLayout, Stream, StreamRole, StreamSet, split
 from layerfusion_core.options import BlendOptions, LayerFusionOptions, LayerSet, SharingMode
 
-UNET = build_layout("tiny", 8, (1, 2), (1, 1), (1, 1), (1, 1, 1, 1), 1, context_dim=8, num_head_channels=4)
+UNET = build_layout(
+    "tiny", UNetShape(8, (1, 2), (1, 1), (1, 1), (1, 1, 1, 1), 1, context_dim=8, num_head_channels=4)
+)
 GRID = (8, 8)
 SETS = StreamSet(foregrounds=2)
 FG0, FG1 = SETS.fg_streams

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.document_composite import composite_document
 
 from layerfusion_core.comfy_runtime.saving import bundle_files, fg_suffix
 from layerfusion_core.layers.bundle import LayerBundle
-from layerfusion_core.layers.document import composite_document, fg_batch, layers_document
+from layerfusion_core.layers.document import fg_batch, layers_document
 
 N, H, W = 2, 6, 10
 NAMES = ("sky lantern", "cat", "hat")

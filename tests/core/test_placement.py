@@ -192,6 +192,60 @@ def test_layers_documents_are_refused_by_input_name():
         bundle_placements(bundle(), {}, {"layers": [{"name": "cat", "x": 100}]})
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (
+            "mask",
+            torch.zeros(1, H, W),
+            r"layers: item 'cat': mask: a re-harmonise moves the layer's own alpha",
+        ),
+        ("opacity", 0.5, r"layers: item 'cat': opacity 0.5: .* set opacity to 1"),
+        ("blend_mode", "multiply", r"layers: item 'cat': blend_mode 'multiply': .* 'normal'"),
+        ("visible", False, r"layers: item 'cat': visible is false: a re-harmonise cannot leave a layer out"),
+        ("flip_h", "false", r"layers: item 'cat': flip_h must be true or false, got str 'false'"),
+        ("flip_v", 1, r"layers: item 'cat': flip_v must be true or false, got int 1"),
+        ("z_index", "top", r"layers: item 'cat': z_index must be a number, got 'top'"),
+    ],
+)
+def test_fields_a_reharmonise_cannot_honour_are_refused_by_item_and_field(field, value, message):
+    """Core's mask, opacity, blend mode and visibility would be silently lost on a moved layer."""
+    with pytest.raises(ValueError, match=message):
+        document_placements({"layers": [{"name": "cat", "x": 8, field: value}]}, bundle())
+
+
+def test_fields_at_their_neutral_values_are_accepted():
+    item = {"name": "cat", "x": 8, "mask": None, "opacity": 1.0, "blend_mode": "normal", "visible": True}
+    assert document_placements({"layers": [item]}, bundle()) == {"fg1": Placement(8, 0, W, H)}
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (
+            {"canvas": "abc", "layers": []},
+            r"layers: canvas must be \(width, height\) in whole pixels, got 'abc'",
+        ),
+        ({"canvas": 5, "layers": []}, r"layers: canvas must be \(width, height\) in whole pixels, got 5"),
+        ({"canvas": (W, 0), "layers": []}, r"layers: canvas must be \(width, height\)"),
+        ({"layers": [{"name": ["cat"]}]}, r"layers: item 1: name must be text, got list \['cat'\]"),
+    ],
+)
+def test_malformed_documents_are_refused_by_field(document, message):
+    with pytest.raises(ValueError, match=message):
+        document_placements(document, bundle())
+
+
+def test_a_z_order_other_than_the_chains_is_refused():
+    swapped = {"layers": [{"name": "chair", "z_index": 3, "x": 8}, {"name": "cat", "z_index": 2}]}
+    with pytest.raises(
+        ValueError, match=r"layers: z_index stacks the layers in another order than the chain's"
+    ):
+        document_placements(swapped, bundle())
+    kept = {"layers": [{"name": "chair", "z_index": 2, "x": 8}, {"name": "cat", "z_index": 3}]}
+    assert list(document_placements(kept, bundle())) == ["fg0"]
+
+
 def test_an_identity_item_leaves_the_layer_to_the_widgets():
     document = {"layers": [{"name": "chair", "x": 0, "y": 0}, {"name": "cat", "w": W, "h": H}]}
     assert document_placements(document, bundle()) == {}

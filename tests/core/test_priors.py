@@ -14,7 +14,6 @@ from layerfusion_core.method.priors import (
     resize_prior,
     sparsity_score,
     structure_prior,
-    token_grid,
 )
 from layerfusion_core.options import PriorOrientation, SparsityFormula
 
@@ -183,15 +182,6 @@ def test_resize_prior_is_area_interpolation_on_any_grid(src, dst):
         ref = x.double().reshape(2, dst[0], fh, dst[1], fw).mean(dim=(2, 4)).reshape(2, -1)
         torch.testing.assert_close(got.double(), ref, atol=1e-6, rtol=0)
     assert resize_prior(x, src, src) is x
-
-
-def test_token_grid_walks_unet_levels():
-    assert token_grid(128 * 128, (128, 128)) == (128, 128)
-    assert token_grid(32 * 32, (128, 128)) == (32, 32)
-    assert token_grid(56 * 72, (112, 144)) == (56, 72)
-    assert token_grid(5 * 7, (9, 13)) == (5, 7)
-    with pytest.raises(ValueError):
-        token_grid(17, (8, 8))
 
 
 def test_auto_orientation_votes_once_and_never_flips():

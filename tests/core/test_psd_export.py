@@ -16,8 +16,15 @@ from layerfusion_core.layers.psd import (
     atomic_write,
     check_same_size,
     parse_version,
-    write_layered_psd,
+    psd_writer,
 )
+
+
+def write_layered_psd(path: str, bg: Image.Image, fg: Image.Image, blended: Image.Image) -> None:
+    """The triplet's PSD as Save Layers writes it: background, foreground, blended hidden."""
+    atomic_write(
+        path, psd_writer([("background", bg, True), ("foreground", fg, True), ("blended", blended, False)])
+    )
 
 
 def images(h: int = 24, w: int = 40) -> tuple[Image.Image, Image.Image, Image.Image]:
@@ -120,3 +127,45 @@ def test_atomic_write_replaces_and_cleans_up(tmp_path) -> None:
     atomic_write(str(target), write)
     assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["a.png"]
     assert seen[0].startswith(".") and seen[0].endswith(".tmp") and len(seen[0]) < 24
+
+
+def psd_tools_or_skip():
+    psd_tools = pytest.importorskip(
+        "psd_tools", reason=f"optional dependency missing: {PSD_TOOLS_REQUIREMENT}"
+    )
+    if parse_version(psd_tools.__version__) < psd_export.PSD_TOOLS_MIN_VERSION:
+        pytest.skip(f"psd-tools {psd_tools.__version__} is older than {PSD_TOOLS_REQUIREMENT}")
+    return psd_tools
+
+
+def test_layer_names_outside_mac_roman_or_over_255_are_kept_as_unicode_names(tmp_path) -> None:
+    psd_tools = psd_tools_or_skip()
+    bg, fg, _ = images(4, 6)
+    names = {  # name given -> (name read back, legacy Mac Roman name)
+        "猫": ("猫", "?"),
+        "🐱": ("🐱", "?"),
+        "cat 猫 é": ("cat 猫 é", "cat ? é"),
+        "x" * 1000: ("x" * 255, "x" * 255),  # Photoshop's limit: 255 characters
+        "猫" * 300: ("猫" * 255, "?" * 255),
+        # 255 UTF-16 units, and a surrogate pair is never cut in half
+        "🐱" * 200: ("🐱" * 127, "?" * 127),
+        "a\ud800b": ("a\ufffdb", "a?b"),  # a lone surrogate (JSON can hold one)
+        "": ("", ""),
+    }
+    path = tmp_path / "names.psd"
+    atomic_write(str(path), psd_export.psd_writer([(n, fg, True) for n in names] + [("bg", bg, False)]))
+    psd = psd_tools.PSDImage.open(path)
+    assert [layer.name for layer in psd][:-1] == [read for read, _ in names.values()]
+    # A reader that knows only the legacy Pascal name (Mac Roman, at most 255 bytes) gets a stand-in.
+    assert [layer._record.name for layer in psd][:-1] == [legacy for _, legacy in names.values()]
+    assert psd[-1].name == "bg" and not psd[-1].visible
+    assert np.array_equal(np.asarray(psd[0].topil()), np.asarray(fg))
+
+
+def test_a_canvas_over_30000_px_is_refused_before_psd_tools_runs(tmp_path) -> None:
+    wide = Image.new("RGB", (30_001, 1))
+    with pytest.raises(ValueError, match=r"save_psd: the canvas is 30001x1 px.*30,000 px"):
+        psd_export.psd_writer([("background", wide, True)])
+    assert psd_export.check_psd_canvas((30_000, 30_000)) == (30_000, 30_000)
+    with pytest.raises(ValueError, match=r"save_psd: the canvas is 1x30001 px"):
+        psd_export.check_psd_canvas((1, 30_001))

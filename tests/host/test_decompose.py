@@ -16,8 +16,8 @@ from layerfusion_core.comfy_runtime import SamplerSettings
 from layerfusion_core.comfy_runtime.decomposing import decompose, encode_image
 from layerfusion_core.comfy_runtime.inversion import invert
 from layerfusion_core.comfy_runtime.layered import sample_layered
-from layerfusion_core.comfy_runtime.row_sampling import sample_rows, schedule
-from layerfusion_core.layers.prompts import LayerChain, LayerPrompt
+from layerfusion_core.comfy_runtime.row_sampling import RowGuidance, sample_rows, schedule
+from layerfusion_core.layers.prompts import LayerChain, LayeredPrompts, LayerPrompt
 from layerfusion_core.options import LayerFusionOptions
 
 SIZE = 64  # pixels: latent 8 x 8
@@ -74,7 +74,7 @@ def exact_denoiser(model):
 def inverted_and_replayed(model, steps: int, latent: torch.Tensor):
     sigmas = schedule(model, steps, "euler", "normal", 1.0)
     path = invert(model, IMAGE_PROMPT, make_cond(4), latent, sigmas)
-    replay = sample_rows(model, IMAGE_PROMPT, make_cond(4), path.start, sigmas, 1.0, "euler", 0)
+    replay = sample_rows(model, RowGuidance(IMAGE_PROMPT, make_cond(4), 1.0, "euler"), path.start, sigmas)
     return sigmas, path, replay
 
 
@@ -137,8 +137,8 @@ def run(model, chain=None, picture=None, settings=SETTINGS, weights="tiny"):
         weights = tiny_fg_weights(model)
     with torch.inference_mode():
         return decompose(
-            model, weights, tiny_vae(), image() if picture is None else picture, chain, make_cond(2),
-            IMAGE_PROMPT, make_cond(4), settings, LayerFusionOptions(),
+            model, weights, tiny_vae(), image() if picture is None else picture,
+            LayeredPrompts(chain, make_cond(2), IMAGE_PROMPT, make_cond(4)), settings, LayerFusionOptions(),
         )  # fmt: skip
 
 
@@ -188,7 +188,7 @@ def test_the_image_reaches_the_fg_layer_and_the_bundle_re_harmonises(tiny_sdxl):
     chain = LayerChain().add(layer(1, "cat"))
     decomposed = run(tiny_sdxl, chain)
     text = sample_layered(
-        tiny_sdxl, tiny_fg_weights(tiny_sdxl), chain, make_cond(2), IMAGE_PROMPT, make_cond(4),
+        tiny_sdxl, tiny_fg_weights(tiny_sdxl), LayeredPrompts(chain, make_cond(2), IMAGE_PROMPT, make_cond(4)),
         make_latent(1, SIZE // 8, SIZE // 8), SETTINGS, LayerFusionOptions(),
     )  # fmt: skip
     assert relative_error(decomposed.latents["fg0"], text.latents["fg0"]) > 0.1
@@ -281,8 +281,8 @@ def test_inside_its_mask_the_layer_follows_the_image_through_eq2(tiny_sdxl, enco
     off = LayerFusionOptions(blend=BlendOptions(layers=LayerSet(self_attention=False, cross_attention=False)))
     with torch.inference_mode():
         without = decompose(
-            tiny_sdxl, tiny_fg_weights(tiny_sdxl), tiny_vae(), image(), chain, make_cond(2), IMAGE_PROMPT,
-            make_cond(4), SETTINGS, off,
+            tiny_sdxl, tiny_fg_weights(tiny_sdxl), tiny_vae(), image(),
+            LayeredPrompts(chain, make_cond(2), IMAGE_PROMPT, make_cond(4)), SETTINGS, off,
         )  # fmt: skip
     change = (with_eq2.latents["fg0"] - without.latents["fg0"]).abs().mean(dim=(0, 1))
     inside = torch.zeros(8, 8, dtype=torch.bool)

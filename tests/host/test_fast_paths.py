@@ -5,11 +5,12 @@ import torch
 from host.test_triplet_runtime import BG, BL, FG, NO_BLEND, conds, run
 from support.fg_tiny import tiny_fg_weights, tiny_lora_state_dict
 from support.host_probes import record_unet_calls
+from support.tiny_sdxl import make_latent
 
 from layerfusion_core.comfy_runtime.patching import patch_model
-from layerfusion_core.comfy_runtime.sampling import model_unet_layout
+from layerfusion_core.comfy_runtime.run_inputs import prepare_run
 from layerfusion_core.method.controller import LayerFusionController
-from layerfusion_core.method.streams import StreamSet
+from layerfusion_core.method.run_plan import RunPlan
 from layerfusion_core.options import BlendOptions, LayerFusionOptions, LayerSet, PriorOptions, PriorTiming
 
 
@@ -55,8 +56,9 @@ def test_merged_copies_are_built_once_across_runs_and_freed_on_unload(tiny_sdxl)
     assert weights.merged.builds == 3 * count  # back on the unpatched weights
 
     # Unloading a LayerFusion model clone (ComfyUI detaches it, unpatching) frees the copies.
-    unet = model_unet_layout(tiny_sdxl)
-    clone, _ = patch_model(tiny_sdxl, weights, LayerFusionOptions(), unet, StreamSet(), conds()[0], None)
+    fg, bg, bl, neg = conds()
+    plan = RunPlan.triplet(fg, bg, bl, neg, make_latent(1), LayerFusionOptions())
+    clone, _ = patch_model(tiny_sdxl, weights, prepare_run(tiny_sdxl, weights, plan))
     mm.load_models_gpu([clone])
     assert len(weights.merged) == count
     mm.unload_all_models()

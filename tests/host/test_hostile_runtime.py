@@ -1,5 +1,5 @@
 """Hostile inputs to the triplet sampler through a real ComfyUI: an inpainting checkpoint,
-a negative restricted to an area, an auto orientation whose vote outlasts the run."""
+a negative restricted to an area, an auto orientation whose vote would outlast the run."""
 
 import logging
 
@@ -125,10 +125,28 @@ def test_negative_with_a_full_size_mask_still_runs(tiny_sdxl):
     assert torch.isfinite(result.latents[BL]).all()
 
 
-def test_auto_orientation_with_more_votes_than_evaluations_still_blends_and_warns(tiny_sdxl, caplog):
-    off = run(tiny_sdxl, NO_BLEND)
-    auto = LayerFusionOptions(prior=PriorOptions(orientation=PriorOrientation.AUTO, auto_vote_evaluations=20))
+SHARING_ONLY = LayerFusionOptions(
+    prior=PriorOptions(orientation=PriorOrientation.AUTO),
+    blend=BlendOptions(layers=LayerSet(self_attention=False, cross_attention=False)),
+)
+
+
+@pytest.mark.parametrize("votes", [6, 20])
+def test_an_auto_vote_as_long_as_the_run_is_cut_to_half_and_blends(tiny_sdxl, caplog, votes):
+    """A vote of v evaluations blends from the v-th on: one as long as the window (6 euler
+    steps: 6 evaluations) would blend only in the last, nearly nothing (1.5e-6 of the scale
+    off blending). It is cut to half the window, with a warning: the run equals a vote of 3,
+    and BLENDED is far from the same run without blending."""
+    without = run(tiny_sdxl, SHARING_ONLY, steps=6)
+    long_vote = LayerFusionOptions(
+        prior=PriorOptions(orientation=PriorOrientation.AUTO, auto_vote_evaluations=votes)
+    )
     with caplog.at_level(logging.WARNING):
-        result = run(tiny_sdxl, auto)
-    assert (result.latents[BL] - off.latents[BL]).abs().max() > 1e-3
-    assert any("auto_vote_evaluations" in r.getMessage() for r in caplog.records)
+        result = run(tiny_sdxl, long_vote, steps=6)
+    assert any(
+        "auto_vote_evaluations is" in r.getMessage() and "uses 3" in r.getMessage() for r in caplog.records
+    )
+    half = LayerFusionOptions(prior=PriorOptions(orientation=PriorOrientation.AUTO, auto_vote_evaluations=3))
+    assert torch.equal(result.latents[BL], run(tiny_sdxl, half, steps=6).latents[BL])
+    scale = float(without.latents[BL].abs().max())
+    assert float((result.latents[BL] - without.latents[BL]).abs().max()) > 1e-3 * scale

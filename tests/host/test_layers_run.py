@@ -10,7 +10,7 @@ from support.triplet_runs import NO_BLEND, assert_same, plain
 
 from layerfusion_core.comfy_runtime import RunPlan, SamplerSettings, sample_layers
 from layerfusion_core.comfy_runtime.layered import layered_plan
-from layerfusion_core.layers.prompts import Box, LayerChain, LayerPrompt
+from layerfusion_core.layers.prompts import Box, LayerChain, LayeredPrompts, LayerPrompt
 from layerfusion_core.method.latent_pins import Pin
 from layerfusion_core.method.streams import Stream, StreamRole, StreamSet
 from layerfusion_core.options import LayerFusionOptions, LayoutOptions
@@ -33,14 +33,8 @@ def two_layers(box: Box | None = None) -> LayerChain:
 
 
 def run_chain(model, chain, options=None, weights="tiny", settings=SETTINGS, blended=None):
-    plan = layered_plan(
-        chain,
-        make_cond(2),
-        blended or make_cond(3),
-        make_cond(4),
-        make_latent(1),
-        options or LayerFusionOptions(),
-    )
+    prompts = LayeredPrompts(chain, make_cond(2), blended or make_cond(3), make_cond(4))
+    plan = layered_plan(prompts, make_latent(1), options or LayerFusionOptions())
     if weights == "tiny":
         weights = tiny_fg_weights(model)
     return plan, sample_layers(model, weights, plan, settings)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support.document_composite import composite_document
 from support.fg_tiny import tiny_fg_weights
 from support.pack_loading import run_node
 from support.tiny_sdxl import make_cond, make_latent
@@ -18,7 +19,6 @@ from support.tiny_stand_ins import TinyCLIP, random_decoder_state_dict, tiny_vae
 
 from layerfusion_core.comfy_runtime.loaders import LoadedDecoder
 from layerfusion_core.layers.bundle import LayerBundle
-from layerfusion_core.layers.document import composite_document
 from layerfusion_core.models.transparent_vae import TransparentDecoder
 
 SIZE = 64  # pixels (latent 8x8)

@@ -18,7 +18,7 @@ from layerfusion_core.comfy_runtime.layered import sample_layered
 from layerfusion_core.comfy_runtime.reharmonizing import reharmonize
 from layerfusion_core.layers.bundle import BG_KEY, BLENDED_KEY, EFFECTS_KEY
 from layerfusion_core.layers.placement import Placement, alpha_at_latent
-from layerfusion_core.layers.prompts import LayerChain, LayerPrompt
+from layerfusion_core.layers.prompts import LayerChain, LayeredPrompts, LayerPrompt
 from layerfusion_core.options import LayerFusionOptions, ReharmonizeOptions
 
 SIZE = 128  # pixels: latent 16 x 16
@@ -53,7 +53,7 @@ def decoded(comfy_host, make_tiny_sdxl):
     model = make_tiny_sdxl(0)
     chain = LayerChain().add(layer(1, "back")).add(layer(5, "front"))
     bundle = sample_layered(
-        model, tiny_fg_weights(model), chain, make_cond(2), None, make_cond(4),
+        model, tiny_fg_weights(model), LayeredPrompts(chain, make_cond(2), None, make_cond(4)),
         make_latent(1, SIZE // 8, SIZE // 8), SETTINGS, LayerFusionOptions(),
     )  # fmt: skip
     with torch.inference_mode():

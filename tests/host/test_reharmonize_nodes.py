@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from support.fg_tiny import tiny_fg_weights
 from support.pack_loading import run_node
+from support.reharmonize_node import run_reharmonize
 from support.tiny_sdxl import make_cond, make_latent
 from support.tiny_stand_ins import TinyCLIP, tiny_vae
 
@@ -26,11 +27,6 @@ SETTINGS = {
     "sampler_name": "euler",
     "scheduler": "normal",
     "denoise": 1.0,
-}
-STILL = {
-    f"fg{k}_{f}": v
-    for k in (0, 1)
-    for f, v in (("dx", 0), ("dy", 0), ("scale", 1.0), ("flip_h", False), ("flip_v", False))
 }
 
 
@@ -60,19 +56,8 @@ def decoded(comfy_host, pack, tiny_sdxl):
     return bundle.with_images(images)
 
 
-def reharmonize(pack, model, bundle, **inputs):
-    values = {
-        "preset": "default", "p_start": 0.4, "p_end": 0.6, "lock_foreground": True, "seed": 3,
-        "effects_threshold": 0.02, "document_image": 0, **STILL, **inputs,
-    }  # fmt: skip
-    with torch.inference_mode():
-        return run_node(
-            pack.node("LayerFusionReharmonize"), model=model, vae=tiny_vae(), bundle=bundle, **values
-        ).result
-
-
 def test_widgets_move_a_layer_and_the_outputs_carry_the_effects(pack, tiny_sdxl, decoded):
-    moved, blended, effects, fgs, document = reharmonize(pack, tiny_sdxl, decoded, fg1_dx=16, fg1_dy=-8)
+    moved, blended, effects, fgs, document = run_reharmonize(pack, tiny_sdxl, decoded, fg1_dx=16, fg1_dy=-8)
     expected = torch.zeros_like(decoded.images["fg1"])
     expected[:, : SIZE - 8, 16:] = decoded.images["fg1"][:, 8:, : SIZE - 16]
     assert torch.equal(moved.images["fg1"], expected)
@@ -89,7 +74,7 @@ def test_widgets_move_a_layer_and_the_outputs_carry_the_effects(pack, tiny_sdxl,
     ]
     assert not torch.equal(moved.latents["blended"], decoded.latents["blended"])
     # A second re-harmonise works on the first one's result (it kept what it needs).
-    again = reharmonize(pack, tiny_sdxl, moved, fg1_dx=-16, fg1_dy=8)[0]
+    again = run_reharmonize(pack, tiny_sdxl, moved, fg1_dx=-16, fg1_dy=8)[0]
     assert torch.equal(again.images["fg1"][:, 8:, : SIZE - 16], decoded.images["fg1"][:, 8:, : SIZE - 16])
 
 
@@ -99,7 +84,7 @@ def test_a_layers_document_moves_layers_by_name(pack, tiny_sdxl, decoded):
         "canvas": (SIZE, SIZE),
         "layers": [{"name": "bg"}, {"name": "chair", "x": -8, "flip_v": True}],
     }
-    moved = reharmonize(pack, tiny_sdxl, decoded, layers=document)[0]
+    moved = run_reharmonize(pack, tiny_sdxl, decoded, layers=document)[0]
     expected = torch.zeros_like(decoded.images["fg0"])
     expected[:, :, : SIZE - 8] = torch.flip(decoded.images["fg0"], (1,))[:, :, 8:]
     assert torch.equal(moved.images["fg0"], expected)
@@ -109,17 +94,19 @@ def test_a_layers_document_moves_layers_by_name(pack, tiny_sdxl, decoded):
 def test_presets_set_the_window(pack, tiny_sdxl, decoded):
     """The same move under two presets: different results; custom with p_start 1 re-denoises
     nothing (BLENDED is the composite, locked over by the layers)."""
-    default = reharmonize(pack, tiny_sdxl, decoded, fg0_dx=8)[0]
-    stronger = reharmonize(pack, tiny_sdxl, decoded, fg0_dx=8, preset="stronger_shadows")[0]
+    default = run_reharmonize(pack, tiny_sdxl, decoded, fg0_dx=8)[0]
+    stronger = run_reharmonize(pack, tiny_sdxl, decoded, fg0_dx=8, preset="stronger_shadows")[0]
     assert not torch.equal(default.latents["blended"], stronger.latents["blended"])
-    custom = reharmonize(pack, tiny_sdxl, decoded, fg0_dx=8, preset="custom", p_start=1.0, p_end=1.0)[0]
-    none = reharmonize(pack, tiny_sdxl, decoded, fg0_dx=8, preset="custom", p_start=1.0, p_end=1.0, seed=9)[0]
+    custom = run_reharmonize(pack, tiny_sdxl, decoded, fg0_dx=8, preset="custom", p_start=1.0, p_end=1.0)[0]
+    none = run_reharmonize(
+        pack, tiny_sdxl, decoded, fg0_dx=8, preset="custom", p_start=1.0, p_end=1.0, seed=9
+    )[0]
     assert torch.equal(custom.latents["blended"], none.latents["blended"])  # nothing sampled: no seed
 
 
 def test_save_layers_writes_the_effects_layer(comfy_host, pack, tiny_sdxl, decoded, tmp_path):
     psd_tools = pytest.importorskip("psd_tools", reason='optional: pip install "psd-tools>=1.14.3,<2"')
-    moved = reharmonize(pack, tiny_sdxl, decoded, fg0_dx=8)[0]
+    moved = run_reharmonize(pack, tiny_sdxl, decoded, fg0_dx=8)[0]
     run_node(
         pack.node("LayerFusionSaveLayers"), bundle=moved, filename_prefix=f"{tmp_path.name}/m", save_psd=True
     )
@@ -137,24 +124,24 @@ def test_save_layers_writes_the_effects_layer(comfy_host, pack, tiny_sdxl, decod
 
 def test_bad_inputs_are_refused_by_name(pack, tiny_sdxl, decoded):
     with pytest.raises(ValueError, match=r"fg0_dx/fg0_dy: the layer would lie fully off the 64x64 canvas"):
-        reharmonize(pack, tiny_sdxl, decoded, fg0_dx=200)
+        run_reharmonize(pack, tiny_sdxl, decoded, fg0_dx=200)
     with pytest.raises(ValueError, match=r"fg1_scale: expected a finite scale > 0"):
-        reharmonize(pack, tiny_sdxl, decoded, fg1_scale=0.0)
+        run_reharmonize(pack, tiny_sdxl, decoded, fg1_scale=0.0)
     with pytest.raises(
         ValueError, match=r"layers: item 1 is named 'dog', which names no layer of the bundle"
     ):
-        reharmonize(pack, tiny_sdxl, decoded, layers={"layers": [{"name": "dog"}]})
+        run_reharmonize(pack, tiny_sdxl, decoded, layers={"layers": [{"name": "dog"}]})
     with pytest.raises(ValueError, match=r"p_start/p_end: expected 0 <= p_start <= p_end <= 1"):
-        reharmonize(pack, tiny_sdxl, decoded, preset="custom", p_start=0.7, p_end=0.5)
+        run_reharmonize(pack, tiny_sdxl, decoded, preset="custom", p_start=0.7, p_end=0.5)
     with pytest.raises(ValueError, match=r"preset: expected one of default, stronger_shadows"):
-        reharmonize(pack, tiny_sdxl, decoded, preset="strong")
+        run_reharmonize(pack, tiny_sdxl, decoded, preset="strong")
     undecoded = decoded.with_images({})
     with pytest.raises(ValueError, match=r"bundle: expected a decoded layer bundle"):
-        reharmonize(pack, tiny_sdxl, undecoded)
+        run_reharmonize(pack, tiny_sdxl, undecoded)
     from dataclasses import replace
 
     with pytest.raises(ValueError, match=r"bundle: expected a bundle with kept latents"):
-        reharmonize(pack, tiny_sdxl, replace(decoded, kept={}, kept_sigma=None))
+        run_reharmonize(pack, tiny_sdxl, replace(decoded, kept={}, kept_sigma=None))
 
 
 def test_a_run_that_kept_nothing_gives_a_bundle_re_harmonise_refuses(pack, tiny_sdxl):
@@ -164,7 +151,7 @@ def test_a_run_that_kept_nothing_gives_a_bundle_re_harmonise_refuses(pack, tiny_
     with pytest.raises(
         ValueError, match=r"bundle: expected a bundle with kept latents .* keep_percent below 1"
     ):
-        reharmonize(pack, tiny_sdxl, bundle.with_images(images))
+        run_reharmonize(pack, tiny_sdxl, bundle.with_images(images))
 
 
 def sampled(pack, model, images: int = 1, **settings):
@@ -185,7 +172,7 @@ def test_a_run_whose_sampler_hides_its_state_keeps_nothing_and_is_not_re_harmoni
     assert bundle.kept == {}
     images = {k: torch.zeros(1, SIZE, SIZE, 4 if k == "fg0" else 3) for k in ("fg0", "bg", "blended")}
     with pytest.raises(ValueError, match=r"bundle \(its run's sampler_name\): dpm_adaptive steps on its own"):
-        reharmonize(pack, tiny_sdxl, bundle.with_images(images))
+        run_reharmonize(pack, tiny_sdxl, bundle.with_images(images))
 
 
 def test_each_image_of_a_batch_moves_about_its_own_layer(pack, tiny_sdxl):
@@ -194,7 +181,7 @@ def test_each_image_of_a_batch_moves_about_its_own_layer(pack, tiny_sdxl):
     fg[0, 8:24, 8:24] = 1.0  # image 0: the layer at the top left, image 1: bottom right
     fg[1, 40:56, 40:56] = 1.0
     images = {"fg0": fg, "bg": torch.rand(2, SIZE, SIZE, 3), "blended": torch.rand(2, SIZE, SIZE, 3)}
-    moved = reharmonize(pack, tiny_sdxl, bundle.with_images(images), fg0_dx=8, fg0_flip_h=True)[0]
+    moved = run_reharmonize(pack, tiny_sdxl, bundle.with_images(images), fg0_dx=8, fg0_flip_h=True)[0]
     assert moved.num_images == 2 and moved.latents["blended"].shape[0] == 2
     assert torch.equal(moved.images["fg0"][0, 8:24, 16:32], fg[0, 8:24, 8:24])  # flipped in place, moved
     assert torch.equal(moved.images["fg0"][1, 40:56, 48:64], fg[1, 40:56, 40:56])

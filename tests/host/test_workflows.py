@@ -6,6 +6,9 @@ for the checkpoint and the FG weights file (tests/support/tiny_stand_ins.py).
 
 The UI -> API conversion is the headless runner's (tools/layerfusion_headless/ui_to_api.py),
 fed with /object_info computed in-process exactly as ComfyUI's server computes it.
+
+A workflow with core's layer nodes (layerfusion_layers_to_editor: Create Layered Image, ComfyUI
+0.33 and later) is skipped, with the reason, on a host without them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from layerfusion_headless import ui_to_api as api_format
 from PIL import Image
 from safetensors.torch import save_file
 from support.comfy_import import REPO_ROOT, ComfyHost
+from support.core_layers import CORE_LAYER_NODES, missing_core_layer_nodes, no_core_layers_reason
 from support.object_info import object_info
 from support.pack_loading import prompt_executor
 from support.tiny_stand_ins import random_decoder_state_dict, registered, substitute
@@ -42,6 +46,7 @@ EXPECTED = {
     "layerfusion_multi_layer",
     "layerfusion_move_and_reharmonize",
     "layerfusion_image_to_layers",
+    "layerfusion_layers_to_editor",
 }
 SAMPLERS = ("LayerFusionTripletSampler", "LayerFusionLayersSampler", "LayerFusionDecompose")
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
@@ -76,6 +81,25 @@ def info(comfy_host: ComfyHost, pack) -> dict[str, dict[str, Any]]:
     if "MaskToImage" not in nodes.NODE_CLASS_MAPPINGS:
         asyncio.run(nodes.init_builtin_extra_nodes())
     return object_info(nodes)
+
+
+def skip_without_core_layers(comfy_host: ComfyHost, info: dict[str, Any], path: Path) -> None:
+    """Skip, with the reason, a workflow using core's layer nodes on a host without them."""
+    used = {n["type"] for n in load(path)["nodes"]} & set(CORE_LAYER_NODES)
+    missing = missing_core_layer_nodes(info)
+    if used and missing:
+        pytest.skip(f"{path.name}: {no_core_layers_reason(comfy_host.version, missing)}")
+
+
+@pytest.fixture(autouse=True)
+def _workflow_needs(request: pytest.FixtureRequest, comfy_host: ComfyHost) -> None:
+    """For the tests taking a workflow ``path``: skip one that needs core's layer nodes where
+    the host lacks them."""
+    callspec = getattr(request.node, "callspec", None)
+    path = callspec.params.get("path") if callspec else None
+    if path is None:
+        return
+    skip_without_core_layers(comfy_host, request.getfixturevalue("info"), path)
 
 
 def executing_nodes(workflow: dict[str, Any]) -> list[dict[str, Any]]:
@@ -166,6 +190,8 @@ def check_widget_value(class_type: str, name: str, value: Any, spec_type: Any, o
         assert isinstance(value, bool), where
     elif spec_type == "STRING":
         assert isinstance(value, str), where
+    elif spec_type == "COMPOSITOR":  # Create Layered Image's editor state: {} until edited
+        assert isinstance(value, dict), where
     else:
         raise AssertionError(f"{where}: unexpected widget type {spec_type}")
 
@@ -328,6 +354,8 @@ def validate(prompt: dict[str, Any]) -> list[str]:
         execution.validate_prompt(str(uuid.uuid4()), prompt, None)
     )
     assert valid is True, f"ComfyUI refused the prompt: {error} {json.dumps(node_errors)[:2000]}"
+    # ComfyUI runs a prompt when at least one output node is valid and drops the others.
+    assert not node_errors, f"ComfyUI would drop output nodes: {json.dumps(node_errors)[:2000]}"
     return outputs
 
 
@@ -503,3 +531,52 @@ def test_image_to_layers_workflow_runs_end_to_end_with_the_tiny_model(
         assert layer.mode == "RGBA" and layer.size == (E2E_SIZE, E2E_SIZE)
     with Image.open(out / "image_00001_bg.png") as bg:
         assert bg.mode == "RGB" and bg.size == (E2E_SIZE, E2E_SIZE)
+
+
+def test_layers_to_editor_workflow_runs_end_to_end_with_the_tiny_model(
+    comfy_host: ComfyHost, info, layer_model_dir, stand_ins
+) -> None:
+    """The multi-layer run, decoded; Decode Layers' LAYERS document into core's Create Layered
+    Image: a composite of the image's size, one layer preview per layer for the editor, our
+    layers by name bottom to top with BLENDED hidden; Save Layers writes the bundle too."""
+    path = WORKFLOWS / "layerfusion_layers_to_editor.json"
+    skip_without_core_layers(comfy_host, info, path)
+    prompt, workflow = tiny_prompt(info, path, "e2e/editor")
+    for node_id in node_id_of(prompt, "LayerFusionLayerPrompt"):
+        inputs = prompt[node_id]["inputs"]
+        for key in ("x", "y", "width", "height"):  # the box follows the image to the test's size
+            inputs[key] = inputs[key] * E2E_SIZE // METHOD_SIZE[0]
+    (compositor_id,) = node_id_of(prompt, "ImageCompositor")
+    (decode_id,) = node_id_of(prompt, "LayerFusionDecodeLayers")
+    assert prompt[compositor_id]["inputs"]["layers"] == [decode_id, 6]  # Decode Layers' layers output
+    history = run_prompt(prompt, workflow)
+
+    shown = history["outputs"][compositor_id]
+    (composite,) = shown["images"]
+    with Image.open(
+        Path(comfy_host.folder_paths.get_temp_directory()) / composite["subfolder"] / composite["filename"]
+    ) as image:
+        assert image.size == (E2E_SIZE, E2E_SIZE)
+    assert [(b["name"], b["visible"], b["width"], b["height"]) for b in shown["compositor_bboxes"]] == [
+        ("bg", True, E2E_SIZE, E2E_SIZE),
+        ("armchair", True, E2E_SIZE, E2E_SIZE),
+        ("cat", True, E2E_SIZE, E2E_SIZE),
+        ("blended", False, E2E_SIZE, E2E_SIZE),
+    ]
+    assert len(shown["compositor_layers"]) == 4 and len(shown["compositor_inputs"]) == 4
+    (save_id,) = node_id_of(prompt, "LayerFusionSaveLayers")
+    saved = [f["filename"] for f in history["outputs"][save_id]["images"]]
+    assert saved == [f"editor_00001_{n}.png" for n in ("fg0_armchair", "fg1_cat", "bg", "blended")]
+
+
+def test_the_converted_prompt_keeps_the_layer_editor_state(comfy_host: ComfyHost, info) -> None:
+    """What the layer editor saved on Create Layered Image reaches the prompt, as the frontend
+    sends it."""
+    path = WORKFLOWS / "layerfusion_layers_to_editor.json"
+    skip_without_core_layers(comfy_host, info, path)
+    workflow = load(path)
+    state = {"version": 1, "canvas": {"w": 64, "h": 64}, "layers": []}
+    (node,) = [n for n in workflow["nodes"] if n["type"] == "ImageCompositor"]
+    node["widgets_values"] = [state]
+    prompt = api_format.ui_to_api(workflow, info)
+    assert prompt[str(node["id"])]["inputs"]["compositor"] == state

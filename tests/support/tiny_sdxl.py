@@ -85,12 +85,19 @@ def build_tiny_sdxl(seed: int = 0) -> Any:
     """A ModelPatcher around a random-weight SDXL-architecture model (comfy.model_base.SDXL,
     EPS, float32, CPU): about 6.7 M parameters, heads of 16 channels (4 heads at 64 channels,
     8 at 128), context 64, pooled 32."""
-    import comfy.model_patcher
     import comfy.supported_models
 
-    model_config = comfy.supported_models.SDXL(TINY_SDXL_UNET_CONFIG)
+    return patcher_of(comfy.supported_models.SDXL(TINY_SDXL_UNET_CONFIG), seed)
+
+
+def patcher_of(model_config: Any, seed: int) -> Any:
+    """A ModelPatcher on the CPU around the model of a ComfyUI ``model_config`` (its
+    unet_config tiny), random weights of ``seed``, heads of ``TINY_SDXL_DIM_HEAD``, float32."""
+    import comfy.model_patcher
+
     # BASE.__init__ overwrites num_heads/num_head_channels with (-1, 64): set ours afterwards.
     model_config.unet_config["num_head_channels"] = TINY_SDXL_DIM_HEAD
+    model_config.unet_config["num_heads"] = -1
     model_config.set_inference_dtype(torch.float32, None)
     cpu = torch.device("cpu")
     model = model_config.get_model({}, "", device=cpu)

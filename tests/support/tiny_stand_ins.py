@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .synthetic_bundle import SyntheticBundle
 from .tiny_sdxl import TINY_SDXL_CONTEXT_DIM, TINY_SDXL_POOLED_DIM, build_tiny_sdxl, init_weights_
 
 CATEGORY = "LayerFusion/tests"
@@ -167,6 +168,7 @@ NODE_CLASS_MAPPINGS = {
     "LayerFusionTestTinyCheckpoint": TinyCheckpointLoader,
     "LayerFusionTestTinyForeground": TinyForegroundLoader,
     "LayerFusionTestSyntheticLayers": SyntheticLayers,
+    "LayerFusionTestSyntheticBundle": SyntheticBundle,  # a decoded two-layer bundle (synthetic_bundle.py)
 }
 SUBSTITUTES = {
     "CheckpointLoaderSimple": "LayerFusionTestTinyCheckpoint",

@@ -103,6 +103,11 @@ def queue_prompt(
     return str(answer.get("prompt_id", prompt_id))
 
 
+def print_note(text: str) -> None:
+    """A line on stderr that --quiet keeps (e.g. a download saved under another name)."""
+    print(f"note: {text}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     client = ComfyClient(args.server)
     workflow = load_workflow(args.workflow)
@@ -144,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         why = " (part of it was refused, see above)" if refused else " (does the workflow have a save node?)"
         raise RunError(f"the job finished but no node saved a file{why}")
     out_dir = Path(args.out)
-    for path in download_saved(client, files, out_dir):
+    for path in download_saved(client, files, out_dir, print_note):
         print(os.fspath(path), flush=True)
     reporter.line(f"done in {time.monotonic() - started:.1f} s: {len(files)} file(s) in {out_dir}")
     if refused:

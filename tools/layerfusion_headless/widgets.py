@@ -19,7 +19,8 @@ from typing import Any
 CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize", "increment-wrap"})
 LEGACY_SEED_NAMES = ("seed", "noise_seed")
 # Input types the frontend draws as widgets (ComfyWidgets in comfyui-frontend 1.27, plus
-# WEBCAM from its core extensions). Any other type is a socket.
+# WEBCAM from its core extensions, and COMPOSITOR: the layer editor's state on core's Create
+# Layered Image). Any other type is a socket, unless its spec says "socketless".
 WIDGET_TYPES = frozenset(
     {
         "INT",
@@ -35,6 +36,7 @@ WIDGET_TYPES = frozenset(
         "SELECTBUTTON",
         "TEXTAREA",
         "WEBCAM",
+        "COMPOSITOR",
     }
 )
 MEDIA_UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload")
@@ -52,6 +54,8 @@ class InputSpec:
 
     @property
     def is_widget(self) -> bool:
+        if self.options.get("socketless", False):  # a widget with no socket to link
+            return True
         return self.type in WIDGET_TYPES and not self.options.get("forceInput", False)
 
     @property

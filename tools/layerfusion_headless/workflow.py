@@ -91,7 +91,8 @@ def build_prompt(
             ]
             if unknown:
                 raise UnknownNodeTypeError(unknown)
-        notes += [f"set {change}" for change in apply_overrides(prompt, named, sets, object_info)]
+        changes = apply_overrides(prompt, named, sets, object_info, scale_layout=True)
+        notes += [f"set {change}" for change in changes]
     except UnknownNodeTypeError as exc:
         raise RunError(unknown_type_message(exc, server), EXIT_USAGE) from exc
     except WorkflowError as exc:
