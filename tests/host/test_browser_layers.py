@@ -15,7 +15,6 @@ the playwright Python package (tests/host/test_browser_preview.py says how to ge
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +26,12 @@ from PIL import Image
 from scratch_comfyui.editor import (
     API,
     APP,
-    find_chromium,
     load_template,
     open_editor,
     write_settings,
 )
 from scratch_comfyui.server import ComfyServer
+from support.browser import require_browser
 from support.comfy_import import ComfyHost
 from support.core_layers import load_core_layer_nodes, no_core_layers_reason
 from support.stand_in_server import stand_in_server
@@ -49,18 +48,7 @@ UI_TIMEOUT_MS = 2 * 60_000
 VUE_NODES = "Comfy.VueNodes.Enabled"  # "Nodes 2.0": the compositor widget exists only there
 OUR_LAYERS = ["bg", "armchair", "cat", "blended"]  # bottom to top
 
-CHROMIUM = find_chromium()
-if CHROMIUM is None:
-    pytest.skip(
-        "browser test skipped: no chromium (apt-get install -y chromium, or set LAYERFUSION_CHROMIUM)",
-        allow_module_level=True,
-    )
-if importlib.util.find_spec("playwright") is None:
-    pytest.skip(
-        "browser test skipped: the playwright package is missing (pip install playwright; "
-        "no browser download is needed)",
-        allow_module_level=True,
-    )
+CHROMIUM = require_browser()
 
 from playwright.sync_api import Page  # noqa: E402
 

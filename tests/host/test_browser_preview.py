@@ -42,13 +42,13 @@ from scratch_comfyui.editor import (
     API,
     APP,
     PACK_NAME,
-    find_chromium,
     graph_thumbnail,
     load_template,
     open_editor,
     write_settings,
 )
 from scratch_comfyui.server import ComfyServer
+from support.browser import require_browser
 from support.comfy_import import REPO_ROOT, ComfyHost
 from support.core_layers import CORE_LAYER_NODES, missing_core_layer_nodes, no_core_layers_reason
 from support.stand_in_server import stand_in_server
@@ -66,18 +66,7 @@ RUN_POLL_MS = 5_000
 UI_TIMEOUT_MS = 5 * 60_000
 """The editor's own waits (a redraw, a toggle)."""
 
-CHROMIUM = find_chromium()
-if CHROMIUM is None:
-    pytest.skip(
-        "browser test skipped: no chromium (apt-get install -y chromium, or set LAYERFUSION_CHROMIUM)",
-        allow_module_level=True,
-    )
-if importlib.util.find_spec("playwright") is None:
-    pytest.skip(
-        "browser test skipped: the playwright package is missing (pip install playwright; "
-        "no browser download is needed)",
-        allow_module_level=True,
-    )
+CHROMIUM = require_browser()
 
 from playwright.sync_api import Page  # noqa: E402
 
